@@ -1,0 +1,31 @@
+"""Error types. Every message says what went wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class LlmcaError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class UnknownEnvError(LlmcaError, ValueError):
+    """An env id that does not parse or is not registered."""
+
+
+class UnknownTierError(LlmcaError, ValueError):
+    """A tier name outside the contract tiers."""
+
+
+class ReplayMismatchError(LlmcaError, RuntimeError):
+    """Re-simulating an episode did not reproduce the stored observations."""
+
+
+class DatasetLockedError(LlmcaError, RuntimeError):
+    """Another process holds the writer lock of a dataset directory."""
+
+
+class ShardError(LlmcaError, ValueError):
+    """A shard is unreadable, corrupt, or does not match its schema or the manifest."""
+
+
+class SchemaVersionError(LlmcaError, ValueError):
+    """A dataset written with a schema version this package cannot read."""

@@ -1,0 +1,5 @@
+"""Views of a built dataset for training (installed as ``llmca_data.loaders``).
+
+``datasets``, polars/Arrow, torch tensors and d3rlpy ``MDPDataset``s. Input: a dataset
+directory or Hub repo. Output: frames and tensors. Imports the core and ``annotation``.
+"""
