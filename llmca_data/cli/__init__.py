@@ -1,5 +1,118 @@
-"""The ``llmca`` command line (placeholder until the CLI lands)."""
+"""The ``llmca`` command line: parse, call the library, print.
+
+Every command imports its stage lazily so ``llmca --help`` stays fast. Library errors
+(``LlmcaError``) are printed as one line that says how to fix them, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from llmca_data.cli.progress import progress_bar
+
+app = typer.Typer(
+    help="llmca-data: collect multi-agent rollouts, annotate them with credit critics, build, "
+    "validate and publish the dataset, and train offline MARL baselines on it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command("envs")
+def envs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
+    """List the environments with their agents, actions, observation and state sizes."""
+    from llmca_data.envs import CONTRACT_ENV_IDS, EnvId, env_spec
+
+    rows = []
+    for env_id in CONTRACT_ENV_IDS:
+        spec = env_spec(env_id)
+        wraps = EnvId.parse(env_id).gym_id or "ours (numpy, vectorised)"
+        rows.append(
+            {
+                "env_id": env_id,
+                "wraps": wraps,
+                "agents": spec.n_agents,
+                "actions": spec.n_actions,
+                "action_names": list(spec.action_names),
+                "obs_dim": spec.obs_dim,
+                "state_dim": spec.state_dim,
+                "max_steps": spec.max_steps,
+            }
+        )
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table("env id", "wraps", "agents", "actions", "obs dim", "state dim", "max steps")
+    for r in rows:
+        table.add_row(
+            r["env_id"], r["wraps"], str(r["agents"]), ", ".join(r["action_names"]), str(r["obs_dim"]),
+            str(r["state_dim"]), str(r["max_steps"]),
+        )  # fmt: skip
+    console.print(table)
+
+
+@app.command("collect")
+def collect_cmd(
+    env_id: str = typer.Argument(..., help="Env id, e.g. lbf-8x8-2p-2f (see `llmca envs`)."),
+    tier: str = typer.Option(..., "--tier", help="expert | medium | random | replay"),
+    episodes: int = typer.Option(..., "--episodes", min=1, help="Episodes wanted for this env, tier and seed."),
+    seed: int = typer.Option(0, "--seed", help="Base seed; episode i uses a seed derived from (seed, i)."),
+    out: Path = typer.Option(..., "--out", help="Dataset directory (created if missing, appended to if not)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes playing episodes in parallel."),
+) -> None:
+    """Play episodes of a tier's behaviour policy and add them to a dataset directory.
+
+    Deterministic (same arguments, same rows), resumable (rerun after a kill to finish), and
+    idempotent (episodes already in the dataset are not played again).
+    """
+    from llmca_data.collect import CollectConfig, collect
+
+    config = CollectConfig(env_id=env_id, tier=tier, episodes=episodes, seed=seed, workers=workers)
+    with progress_bar(f"collect {env_id} {tier}", "episodes") as update:
+        result = collect(out, config, progress=update)
+    console.print(
+        f"{env_id} {tier}: {result.new_episodes} new episodes ({result.new_steps} steps), "
+        f"{result.skipped_episodes} already present, {result.seconds:.1f} s → {out}"
+    )
+
+
+@app.command("validate")
+def validate_cmd(directory: Path = typer.Argument(..., help="Dataset directory.")) -> None:
+    """Check files, hashes, page checksums, schema and invariants; exit 1 on any problem."""
+    from llmca_data.validate import validate
+
+    with progress_bar("validate", "files") as update:
+        report = validate(directory, progress=update)
+    for problem in report.problems:
+        err_console.print(f"[red]problem[/red] {problem}", highlight=False)
+    mb = report.bytes / 1e6
+    status = "valid" if report.ok else f"INVALID ({len(report.problems)} problems)"
+    console.print(
+        f"{directory}: {status}; {report.files} files, {report.rows} rows, {mb:.1f} MB, {report.seconds:.1f} s"
+    )
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def main() -> None:
-    raise SystemExit("llmca CLI not built yet")
+    """Console-script entry point."""
+    from llmca_data.errors import LlmcaError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except LlmcaError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise SystemExit(2) from None
+
+
+from llmca_data.cli import pipeline as _pipeline  # noqa: E402,F401  (registers `llmca pipeline`)

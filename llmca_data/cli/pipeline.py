@@ -1,0 +1,95 @@
+"""``llmca pipeline``: the main job, end to end on a small default.
+
+Input: an output folder. Output, under it: ``dataset/`` (a valid dataset directory in Hub
+layout) and ``pipeline.json`` (the config, versions and every stage's result). Stages so
+far: collect (LBF 8x8, Spaceworld, RWARE tiny; tiers expert, medium, random) → validate →
+statistics. Later stages (annotate, build, load, train, evaluate, leaderboard) plug in here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from llmca_data.cli import app, console, err_console
+from llmca_data.cli.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The embedded defaults of ``llmca pipeline`` (saved to ``pipeline.json``)."""
+
+    envs: tuple[tuple[str, int], ...] = (
+        ("lbf-8x8-2p-2f", 32),
+        ("spaceworld-10x10-3a", 32),
+        ("rware-tiny-2ag", 6),
+    )
+    """(env id, episodes per tier); RWARE episodes are 500 steps, so fewer."""
+    tiers: tuple[str, ...] = ("expert", "medium", "random")
+    seed: int = 0
+    workers: int = 2
+
+
+@app.command("pipeline")
+def pipeline_cmd(
+    out: Path = typer.Option(Path("llmca-output"), "--out", help="Folder for everything the pipeline writes."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Processes for collection."),
+    seed: int = typer.Option(0, "--seed", help="Base seed of every collection run."),
+) -> None:
+    """Run the whole flow on a small default dataset and print where everything went."""
+    from llmca_data import SCHEMA_VERSION, __version__
+    from llmca_data.collect import CollectConfig, collect
+    from llmca_data.rollout import package_versions
+    from llmca_data.stats import tier_stats
+    from llmca_data.validate import validate
+
+    config = PipelineConfig(seed=seed, workers=workers)
+    dataset = out / "dataset"
+    started = time.perf_counter()
+    record: dict[str, object] = {
+        "config": asdict(config),
+        "package_version": __version__,
+        "schema_version": SCHEMA_VERSION,
+        "versions": package_versions(),
+        "dataset": str(dataset),
+    }
+    collected = []
+    for env_id, episodes in config.envs:
+        for tier in config.tiers:
+            c = CollectConfig(env_id=env_id, tier=tier, episodes=episodes, seed=config.seed, workers=config.workers)
+            with progress_bar(f"collect {env_id} {tier}", "episodes") as update:
+                result = collect(dataset, c, progress=update)
+            collected.append(asdict(result))
+            console.print(
+                f"collected {env_id:<22} {tier:<7} {result.new_episodes:>3} new, "
+                f"{result.skipped_episodes:>3} present, {result.seconds:5.1f} s"
+            )
+    record["collect"] = collected
+    report = validate(dataset)
+    record["validate"] = {"ok": report.ok, "problems": [str(p) for p in report.problems], "files": report.files}
+    for problem in report.problems:
+        err_console.print(f"[red]problem[/red] {problem}", highlight=False)
+    stats = tier_stats(dataset)
+    record["stats"] = stats
+    record["seconds"] = time.perf_counter() - started
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+
+    table = Table("env", "tier", "episodes", "steps", "return (mean ± std)", "norm. score", "cost/ep", "success")
+    for r in stats:
+        score = "—" if r["normalized_score"] is None else f"{r['normalized_score']:.0f}"
+        table.add_row(
+            r["env_id"], r["tier"], str(r["episodes"]), str(r["steps"]),
+            f"{r['return_mean']:.3f} ± {r['return_std']:.3f}", score, f"{r['cost_mean']:.2f}",
+            f"{r['success_rate']:.0%}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"dataset: {dataset} ({'valid' if report.ok else 'INVALID'})")
+    console.print(f"report:  {out / 'pipeline.json'}  ({record['seconds']:.0f} s)")
+    if not report.ok:
+        raise typer.Exit(1)

@@ -1,0 +1,233 @@
+"""Collect episodes of a tier's behaviour policy into a dataset directory.
+
+Input: a ``CollectConfig`` (env id, tier, number of episodes, base seed, workers) and a
+dataset directory (new or existing). Output: new ``steps`` and ``episodes`` shards for that
+env and tier (a growing index; shards are never appended in place), ``meta/info.json``, and
+``meta/manifest.json`` last, as the commit point.
+
+Deterministic: episode i is played from env seed ``episode_seed(seed, i)`` with policy
+streams derived from that seed, so the same arguments give identical rows, whatever
+``workers`` is. Resumable: finished chunks of episodes are staged under
+``.staging/<job>/`` as they complete; a rerun after a kill reuses them and plays only the
+missing episodes. Episodes whose seed is already committed for that env and tier are
+skipped, so a rerun adds nothing and a larger ``--episodes`` adds only the new ones. New
+episodes get fresh ids above every id in the dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from llmca_data import __version__
+from llmca_data.envs import MultiAgentEnv, make_env
+from llmca_data.envs.base import EnvSpec
+from llmca_data.info import record_collection
+from llmca_data.layout import STAGING_DIR
+from llmca_data.rollout import episode_seed, run_episode, tier_rng
+from llmca_data.shards import MAX_SHARD_BYTES, FileEntry, Manifest, read_shard, write_shard
+from llmca_data.tables import episodes_to_tables
+from llmca_data.tiers import tier_policy, tier_spec
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]
+"""``progress(episodes_done, episodes_total)``."""
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    """One collection run; saved in the staging folder and reflected in ``meta/info.json``."""
+
+    env_id: str
+    tier: str
+    episodes: int
+    """Episodes wanted for this (env, tier, seed); already committed ones are not played again."""
+    seed: int = 0
+    """Base seed; episode i uses env seed ``episode_seed(seed, i)`` (always < 2**31)."""
+    workers: int = 1
+    """Processes playing episodes in parallel (1 = in this process)."""
+    chunk_episodes: int = 16
+    """Episodes per staged chunk: the progress step and the most a kill can lose."""
+    max_shard_bytes: int = MAX_SHARD_BYTES
+    env_kwargs: dict[str, object] = field(default_factory=dict)
+
+    def job_id(self) -> str:
+        """Identity of the episode stream (not of its length), so a longer rerun reuses staged chunks."""
+        key = json.dumps([self.env_id, self.tier, self.seed, self.env_kwargs, __version__], sort_keys=True)
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class CollectResult:
+    env_id: str
+    tier: str
+    new_episodes: int
+    new_steps: int
+    skipped_episodes: int
+    """Requested episodes already in the dataset."""
+    files: list[str]
+    seconds: float
+
+
+_ENV_CACHE: dict[str, MultiAgentEnv] = {}
+
+
+def _play_chunk(root: str, job: str, config: CollectConfig, indices: list[int]) -> int:
+    """Play episodes ``indices`` and stage them as one chunk; returns the number of steps."""
+    key = json.dumps([config.env_id, config.env_kwargs], sort_keys=True)
+    env = _ENV_CACHE.get(key)
+    if env is None:
+        env = _ENV_CACHE[key] = make_env(config.env_id, **config.env_kwargs)
+    episodes = []
+    for i in indices:
+        seed = episode_seed(config.seed, i)
+        policy = tier_policy(config.env_id, config.tier, tier_rng(seed))
+        episodes.append(run_episode(env, policy, seed, config.tier))
+    # Staged tables carry the episode *index* in `episode_id`; real ids are given at commit.
+    steps, eps = episodes_to_tables(episodes, indices, env.spec)
+    stage = Path(root) / STAGING_DIR / job
+    write_shard(stage, f"chunk-{indices[0]:08d}.steps.parquet", steps)
+    write_shard(stage, f"chunk-{indices[0]:08d}.episodes.parquet", eps)  # written last: chunk complete
+    return steps.num_rows
+
+
+def _staged_chunks(stage: Path) -> dict[Path, np.ndarray]:
+    """Complete staged chunks → their episode indices; incomplete or unreadable ones are removed."""
+    out = {}
+    for eps_path in sorted(stage.glob("chunk-*.episodes.parquet")):
+        steps_path = eps_path.with_name(eps_path.name.replace(".episodes.", ".steps."))
+        try:
+            out[eps_path] = read_shard(eps_path, ["episode_id"]).column("episode_id").to_numpy()
+            if not steps_path.exists():
+                raise FileNotFoundError(steps_path)
+        except Exception as exc:  # a damaged staging file is re-played, never trusted
+            log.warning("discarding damaged staged chunk %s (%s); its episodes will be played again", eps_path, exc)
+            out.pop(eps_path, None)
+            eps_path.unlink(missing_ok=True)
+            steps_path.unlink(missing_ok=True)
+    return out
+
+
+def _committed(root: Path, manifest: Manifest, env_id: str | None, tier: str | None, column: str) -> np.ndarray:
+    names = manifest.shards(env_id, "episodes", tier)
+    if not names:
+        return np.empty(0, np.int64)
+    return np.concatenate([read_shard(root / str(n), [column]).column(column).to_numpy() for n in names])
+
+
+def collect(root: Path, config: CollectConfig, progress: Progress | None = None) -> CollectResult:
+    """Collect ``config.episodes`` episodes into ``root`` (see the module docstring).
+
+    Raises:
+        DatasetLockedError: another process is writing ``root``.
+        UnknownEnvError / UnknownTierError: bad ids; the message lists the valid ones.
+    """
+    from llmca_data.shards import DatasetLock
+
+    started = time.perf_counter()
+    tier_spec(config.tier)
+    if config.episodes < 1 or config.workers < 1 or config.chunk_episodes < 1:
+        raise ValueError("episodes, workers and chunk_episodes must all be >= 1")
+    spec = make_env(config.env_id, **config.env_kwargs).spec
+    job = config.job_id()
+    stage = root / STAGING_DIR / job
+    with DatasetLock(root):
+        manifest = Manifest.load(root)
+        committed = set(_committed(root, manifest, config.env_id, config.tier, "seed").tolist())
+        seeds = [episode_seed(config.seed, i) for i in range(config.episodes)]
+        staged = _staged_chunks(stage)
+        staged_idx = set(np.concatenate(list(staged.values())).tolist()) if staged else set()
+        todo = [i for i, s in enumerate(seeds) if s not in committed and i not in staged_idx]
+        skipped = sum(s in committed for s in seeds)
+        stage.mkdir(parents=True, exist_ok=True)
+        (stage / "config.json").write_text(json.dumps(asdict(config), indent=2, sort_keys=True))
+        done = config.episodes - len(todo)
+        if progress:
+            progress(done, config.episodes)
+        chunks = [todo[k : k + config.chunk_episodes] for k in range(0, len(todo), config.chunk_episodes)]
+        if config.workers == 1 or len(chunks) <= 1:
+            for chunk in chunks:
+                _play_chunk(str(root), job, config, chunk)
+                done += len(chunk)
+                if progress:
+                    progress(done, config.episodes)
+        else:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(config.workers, len(chunks)), mp_context=ctx) as pool:
+                futures = {pool.submit(_play_chunk, str(root), job, config, c): len(c) for c in chunks}
+                for fut in as_completed(futures):
+                    fut.result()
+                    done += futures[fut]
+                    if progress:
+                        progress(done, config.episodes)
+        files, new_steps, new_eps = _commit(root, manifest, spec, config, stage, set(seeds) - committed)
+    return CollectResult(config.env_id, config.tier, new_eps, new_steps, skipped, files, time.perf_counter() - started)
+
+
+def _commit(
+    root: Path, manifest: Manifest, spec: EnvSpec, config: CollectConfig, stage: Path, wanted_seeds: set[int]
+) -> tuple[list[str], int, int]:
+    """Move the staged episodes of this run into new shards, then write info and manifest."""
+    chunks = _staged_chunks(stage)
+    steps_parts, eps_parts, used = [], [], []
+    for eps_path in chunks:
+        eps = read_shard(eps_path)
+        keep = pc.is_in(eps.column("seed"), pa.array(sorted(wanted_seeds), pa.int64()))
+        keep = pc.and_(keep, pc.less(eps.column("episode_id"), config.episodes))
+        steps = read_shard(eps_path.with_name(eps_path.name.replace(".episodes.", ".steps.")))
+        if pc.all(pc.less(eps.column("episode_id"), config.episodes)).as_py():
+            used.append(eps_path)  # everything in it is now committed (kept here or earlier)
+        kept_idx = eps.filter(keep).column("episode_id")
+        eps_parts.append(eps.filter(keep))
+        steps_parts.append(steps.filter(pc.is_in(steps.column("episode_id"), kept_idx)))
+    if not eps_parts or sum(t.num_rows for t in eps_parts) == 0:
+        return [], 0, 0
+    eps = pa.concat_tables(eps_parts).sort_by("episode_id")
+    steps = pa.concat_tables(steps_parts).sort_by([("episode_id", "ascending"), ("t", "ascending")])
+    all_ids = _committed(root, manifest, None, None, "episode_id")
+    first_id = int(all_ids.max()) + 1 if all_ids.size else 0
+    index = eps.column("episode_id").to_numpy()
+    new_ids = np.arange(first_id, first_id + len(index), dtype=np.int64)
+    eps = eps.set_column(0, "episode_id", pa.array(new_ids))
+    steps_index = steps.column("episode_id").to_numpy()
+    steps = steps.set_column(0, "episode_id", pa.array(new_ids[np.searchsorted(index, steps_index)]))
+
+    files = []
+    lengths = eps.column("length").to_numpy().astype(np.int64)
+    per_row = max(1, steps.nbytes // max(1, steps.num_rows))
+    group = np.cumsum(lengths) * per_row // config.max_shard_bytes  # shard number of each episode
+    step_starts = np.concatenate([[0], np.cumsum(lengths)])
+    s_idx = manifest.next_index(spec.env_id, "steps", config.tier)
+    e_idx = manifest.next_index(spec.env_id, "episodes", config.tier)
+    for k, g in enumerate(np.unique(group)):
+        lo, hi = np.searchsorted(group, g, "left"), np.searchsorted(group, g, "right")
+        for kind, idx, table in (
+            ("steps", s_idx + k, steps.slice(step_starts[lo], step_starts[hi] - step_starts[lo])),
+            ("episodes", e_idx + k, eps.slice(lo, hi - lo)),
+        ):
+            rel = f"data/{spec.env_id}/{kind}/{config.tier}-{idx:05d}.parquet"
+            entry: FileEntry = write_shard(root, rel, table)
+            manifest.files[rel] = entry
+            files.append(rel)
+    policy_ids = sorted({p.split("/")[0] for p in eps.column("policy_id").to_pylist()})
+    record_collection(root, spec, config.tier, policy_ids)
+    manifest.save(root)  # the commit point
+    for eps_path in used:
+        eps_path.unlink()
+        eps_path.with_name(eps_path.name.replace(".episodes.", ".steps.")).unlink()
+    if not any(stage.glob("chunk-*")):
+        (stage / "config.json").unlink(missing_ok=True)
+        stage.rmdir()
+    return files, steps.num_rows, eps.num_rows

@@ -1,0 +1,59 @@
+"""Where everything lives in a dataset directory (DESIGN.md §6, CONTRACT).
+
+```
+README.md                                       rendered dataset card (``llmca build``)
+meta/info.json                                  schema_version, versions, envs, tiers, reference returns
+meta/manifest.json                              every data file: path, rows, bytes, sha256 (written last)
+data/<env_id>/steps/<tier>-00000.parquet        one row per (episode, t), sorted
+data/<env_id>/episodes/<tier>-00000.parquet     one row per episode
+data/<env_id>/annotations/<tier>-00000.parquet  one row per (episode, critic)
+.llmca.lock                                     writer lock (not part of the dataset)
+.staging/                                       finished-but-uncommitted work of a killed writer
+.trash/                                         shards no manifest referenced, moved aside on recovery
+```
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+INFO_PATH = "meta/info.json"
+MANIFEST_PATH = "meta/manifest.json"
+LOCK_NAME = ".llmca.lock"
+STAGING_DIR = ".staging"
+TRASH_DIR = ".trash"
+KINDS: tuple[str, ...] = ("steps", "episodes", "annotations")
+
+_SHARD = re.compile(
+    r"^data/(?P<env>[^/]+)/(?P<kind>steps|episodes|annotations)/(?P<tier>[a-z]+)-(?P<idx>\d{5})\.parquet$"
+)
+
+
+@dataclass(frozen=True, order=True)
+class ShardName:
+    """A parsed shard path; ``str()`` gives the POSIX path relative to the dataset root."""
+
+    env_id: str
+    kind: str
+    tier: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"data/{self.env_id}/{self.kind}/{self.tier}-{self.index:05d}.parquet"
+
+    @classmethod
+    def parse(cls, rel_path: str) -> ShardName | None:
+        m = _SHARD.match(rel_path)
+        if m is None:
+            return None
+        return cls(m["env"], m["kind"], m["tier"], int(m["idx"]))
+
+
+def data_files(root: Path) -> list[str]:
+    """Every file under ``root/data`` as sorted POSIX paths relative to ``root``."""
+    data = root / "data"
+    if not data.is_dir():
+        return []
+    return sorted(p.relative_to(root).as_posix() for p in data.rglob("*") if p.is_file())

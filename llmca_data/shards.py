@@ -1,0 +1,201 @@
+"""Shard files, the manifest and the writer lock.
+
+Input: Arrow tables. Output: zstd Parquet shards with page checksums, written to a
+temporary name and renamed into place, and ``meta/manifest.json`` (every data file's
+rows, bytes and sha256), which is written last and is the commit point of every writer.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from llmca_data import SCHEMA_VERSION, __version__
+from llmca_data.errors import DatasetLockedError, ShardError
+from llmca_data.layout import LOCK_NAME, MANIFEST_PATH, TRASH_DIR, ShardName, data_files
+
+log = logging.getLogger(__name__)
+
+MAX_SHARD_BYTES = 100_000_000
+"""Upper bound on a shard's uncompressed Arrow size; compressed files are far smaller."""
+ROW_GROUP_ROWS = 50_000
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One manifest line."""
+
+    path: str
+    rows: int
+    bytes: int
+    sha256: str
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file, fsync and rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_shard(root: Path, rel_path: str, table: pa.Table) -> FileEntry:
+    """Write ``table`` to ``root/rel_path`` atomically (zstd, page checksums) and describe it."""
+    path = root / rel_path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(
+        table,
+        tmp,
+        compression="zstd",
+        row_group_size=ROW_GROUP_ROWS,
+        write_page_checksum=True,
+        write_statistics=True,
+    )
+    with tmp.open("rb+") as f:
+        os.fsync(f.fileno())
+    entry = FileEntry(rel_path, table.num_rows, tmp.stat().st_size, sha256_file(tmp))
+    os.replace(tmp, path)
+    return entry
+
+
+def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
+    """Read a shard, verifying every page checksum.
+
+    Raises:
+        ShardError: the file is truncated, corrupt, or not Parquet; the message names the file.
+    """
+    try:
+        return pq.ParquetFile(path, page_checksum_verification=True).read(columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise ShardError(
+            f"{path}: unreadable or corrupt Parquet ({exc}); re-download or re-collect this shard "
+            "(`llmca validate` lists every damaged file)"
+        ) from exc
+
+
+def split_by_size(table: pa.Table, max_bytes: int = MAX_SHARD_BYTES) -> list[pa.Table]:
+    """Split rows into consecutive pieces of at most ``max_bytes`` uncompressed each."""
+    if table.num_rows == 0 or table.nbytes <= max_bytes:
+        return [table]
+    rows_per = max(1, int(table.num_rows * max_bytes / table.nbytes))
+    return [table.slice(i, rows_per) for i in range(0, table.num_rows, rows_per)]
+
+
+class Manifest:
+    """The set of committed data files of a dataset directory."""
+
+    def __init__(self, files: dict[str, FileEntry] | None = None) -> None:
+        self.files: dict[str, FileEntry] = dict(files or {})
+
+    @classmethod
+    def load(cls, root: Path) -> Manifest:
+        path = root / MANIFEST_PATH
+        if not path.exists():
+            return cls()
+        try:
+            raw = json.loads(path.read_text())
+            files = {f["path"]: FileEntry(**f) for f in raw["files"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ShardError(f"{path}: malformed manifest ({exc}); restore it from the Hub or re-collect") from exc
+        return cls(files)
+
+    def save(self, root: Path) -> None:
+        body = {
+            "schema_version": SCHEMA_VERSION,
+            "package_version": __version__,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "files": [asdict(self.files[p]) for p in sorted(self.files)],
+        }
+        write_json_atomic(root / MANIFEST_PATH, body)
+
+    def shards(self, env_id: str | None = None, kind: str | None = None, tier: str | None = None) -> list[ShardName]:
+        """Committed shards, filtered, in (env, kind, tier, index) order."""
+        names = [n for n in map(ShardName.parse, self.files) if n is not None]
+        return sorted(
+            n
+            for n in names
+            if (env_id is None or n.env_id == env_id)
+            and (kind is None or n.kind == kind)
+            and (tier is None or n.tier == tier)
+        )
+
+    def next_index(self, env_id: str, kind: str, tier: str) -> int:
+        names = self.shards(env_id, kind, tier)
+        return names[-1].index + 1 if names else 0
+
+
+class DatasetLock:
+    """Exclusive writer lock on a dataset directory (``fcntl.flock``; released if the process dies).
+
+    Entering also clears what an interrupted writer left behind: temporary files are removed,
+    and shards that no manifest commit references are moved to ``.trash/`` (never deleted:
+    their content is normally still in ``.staging``, but a hand-edited directory loses nothing).
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._fd: int | None = None
+
+    def __enter__(self) -> DatasetLock:
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK_NAME
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DatasetLockedError(
+                f"{self.root} is being written by another process (pid {holder}); wait for it to finish "
+                "or stop it — the lock is released automatically when that process exits"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._fd = fd
+        self._recover()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def _recover(self) -> None:
+        manifest = Manifest.load(self.root)
+        for rel in data_files(self.root):
+            name = Path(rel).name
+            if name.startswith(".") and ".tmp-" in name:
+                (self.root / rel).unlink()
+                log.warning("removed temporary file %s left by an interrupted writer", rel)
+            elif ShardName.parse(rel) is not None and rel not in manifest.files:
+                dest = self.root / TRASH_DIR / f"{int(time.time())}" / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.root / rel, dest)
+                log.warning("moved shard %s, which no manifest references, to %s", rel, dest)

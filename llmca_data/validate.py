@@ -1,0 +1,203 @@
+"""Check a dataset directory: files, hashes, page checksums, schema and invariants.
+
+Input: a dataset directory. Output: a ``ValidationReport`` listing every problem with the
+file it concerns (an empty list means valid). Checks: ``meta/manifest.json`` lists exactly
+the files under ``data/`` (missing and extra files are problems), sizes and sha256 match,
+every Parquet page checksum verifies, each shard has the schema its env's spec implies,
+steps are sorted by (episode_id, t) with t = 0, 1, ... within an episode, only an episode's
+last step ends it and never with both ``terminated`` and ``truncated``, ``reward_team`` is
+the sum of ``reward_env``, Shapley credits sum to ``reward_team`` where present, and the
+episodes table agrees with the steps (same ids, lengths, returns).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from llmca_data.envs.base import EnvSpec
+from llmca_data.errors import LlmcaError
+from llmca_data.info import load_info
+from llmca_data.layout import INFO_PATH, MANIFEST_PATH, ShardName, data_files
+from llmca_data.schema import episodes_schema, from_fsl, fsl, schema_mismatch, steps_schema
+from llmca_data.shards import Manifest, read_shard, sha256_file
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass
+class ValidationReport:
+    problems: list[Problem] = field(default_factory=list)
+    files: int = 0
+    rows: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, path: str, message: str) -> None:
+        self.problems.append(Problem(path, message))
+
+
+def _spec_from_info(env: dict[str, object]) -> EnvSpec:
+    raw = dict(env["spec"])  # type: ignore[call-overload]
+    raw.pop("agent_ids", None)
+    for key in ("action_names", "obs_features", "state_features"):
+        raw[key] = tuple(raw[key])
+    return EnvSpec(**raw)
+
+
+def validate(root: Path, progress: Callable[[int, int], None] | None = None) -> ValidationReport:
+    """Validate the dataset at ``root``; never raises for bad data, only reports it."""
+    started = time.perf_counter()
+    report = ValidationReport()
+    try:
+        manifest = Manifest.load(root)
+        info = load_info(root)
+    except LlmcaError as exc:
+        report.add(MANIFEST_PATH, str(exc))
+        return report
+    if not (root / MANIFEST_PATH).exists():
+        report.add(MANIFEST_PATH, "missing: no writer ever committed here (run `llmca collect`)")
+        return report
+    if not (root / INFO_PATH).exists():
+        report.add(INFO_PATH, "missing: re-run `llmca collect` or `llmca build` to write it")
+    on_disk = set(data_files(root))
+    for rel in sorted(set(manifest.files) - on_disk):
+        report.add(rel, "listed in the manifest but missing on disk; re-download or re-collect it")
+    for rel in sorted(on_disk - set(manifest.files)):
+        report.add(rel, "not listed in the manifest (left by an interrupted writer or copied in by hand); remove it")
+    names = [n for n in map(ShardName.parse, sorted(manifest.files)) if n is not None]
+    for rel in sorted(set(manifest.files) - {str(n) for n in names}):
+        report.add(rel, "file name does not follow data/<env_id>/<kind>/<tier>-NNNNN.parquet")
+    tables: dict[tuple[str, str, str], list[tuple[str, pa.Table]]] = {}
+    for k, name in enumerate(names):
+        rel = str(name)
+        if progress:
+            progress(k, len(names))
+        table = _check_file(root, rel, manifest, report)
+        if table is None:
+            continue
+        env = info.get("envs", {}).get(name.env_id)
+        if env is None:
+            report.add(rel, f"env {name.env_id} is not described in {INFO_PATH}")
+            continue
+        if name.kind != "annotations" and _check_schema(rel, table, _spec_from_info(env), name.kind, report):
+            tables.setdefault((name.env_id, name.tier, name.kind), []).append((rel, table))
+    for (env_id, tier, kind), parts in sorted(tables.items()):
+        if kind == "steps":
+            _check_steps(env_id, tier, parts, tables.get((env_id, tier, "episodes"), []), report)
+    if progress:
+        progress(len(names), len(names))
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _check_file(root: Path, rel: str, manifest: Manifest, report: ValidationReport) -> pa.Table | None:
+    path = root / rel
+    if not path.exists():
+        return None
+    entry = manifest.files[rel]
+    size = path.stat().st_size
+    report.files += 1
+    report.bytes += size
+    if size != entry.bytes:
+        report.add(rel, f"size {size} bytes, manifest says {entry.bytes} (truncated or replaced)")
+    elif sha256_file(path) != entry.sha256:
+        report.add(rel, "sha256 differs from the manifest (the file was modified or corrupted)")
+    try:
+        table = read_shard(path)
+    except LlmcaError as exc:
+        report.add(rel, str(exc).removeprefix(f"{path}: "))
+        return None
+    report.rows += table.num_rows
+    if table.num_rows != entry.rows:
+        report.add(rel, f"{table.num_rows} rows, manifest says {entry.rows}")
+    return table
+
+
+def _check_schema(rel: str, table: pa.Table, spec: EnvSpec, kind: str, report: ValidationReport) -> bool:
+    expected = steps_schema(spec) if kind == "steps" else episodes_schema(spec)
+    problem = schema_mismatch(table.schema, expected)
+    credit_type = fsl(pa.float32(), spec.n_agents)
+    for f in table.schema:
+        if f.name.startswith("credit_") and f.type != credit_type:
+            problem = (problem + "; " if problem else "") + f"{f.name}: {f.type} (expected {credit_type})"
+    if problem:
+        report.add(rel, f"wrong schema for {spec.env_id} {kind}: {problem}")
+    return problem is None
+
+
+def _check_steps(
+    env_id: str,
+    tier: str,
+    steps: list[tuple[str, pa.Table]],
+    episodes: list[tuple[str, pa.Table]],
+    report: ValidationReport,
+) -> None:
+    where = f"data/{env_id}/steps/{tier}-*"
+    ids_all, t_all = [], []
+    for rel, table in steps:
+        ids = table.column("episode_id").to_numpy()
+        t = table.column("t").to_numpy()
+        term = table.column("terminated").to_numpy(zero_copy_only=False)
+        trunc = table.column("truncated").to_numpy(zero_copy_only=False)
+        if np.any(term & trunc):
+            report.add(rel, f"{int(np.sum(term & trunc))} steps are both terminated and truncated")
+        last = np.append(ids[1:] != ids[:-1], True)  # last row of each episode within the shard
+        if np.any((term | trunc) & ~last):
+            report.add(rel, "an episode ends (terminated/truncated) before its last step")
+        if np.any(last & ~(term | trunc)):
+            report.add(rel, "an episode's last step is neither terminated nor truncated (cut episode?)")
+        n = table.schema.field("reward_env").type.list_size
+        reward_env = from_fsl(table.column("reward_env"), (n,))
+        team = table.column("reward_team").to_numpy()
+        if not np.allclose(reward_env.sum(axis=1), team, atol=1e-5):
+            report.add(rel, "reward_team differs from the sum of reward_env")
+        if "credit_shapley" in table.column_names:
+            credit = from_fsl(table.column("credit_shapley"), (n,)).sum(axis=1)
+            ok = np.isnan(credit) | np.isclose(credit, team, atol=1e-4)
+            if not ok.all():
+                report.add(
+                    rel, f"Shapley efficiency fails on {int((~ok).sum())} steps (credits must sum to reward_team)"
+                )
+        ids_all.append(ids)
+        t_all.append(t)
+    ids, t = np.concatenate(ids_all), np.concatenate(t_all)
+    new_ep = np.append(True, ids[1:] != ids[:-1])
+    if np.any(np.diff(ids) < 0) or len(np.unique(ids)) != int(new_ep.sum()):
+        report.add(where, "steps are not sorted by episode_id (an episode's rows must be contiguous and ordered)")
+        return
+    expected_t = np.arange(len(t)) - np.maximum.accumulate(np.where(new_ep, np.arange(len(t)), 0))
+    if not np.array_equal(t, expected_t):
+        report.add(where, "t is not 0, 1, 2, ... within every episode")
+    if not episodes:
+        report.add(where, f"no episodes shard for tier {tier}")
+        return
+    eps = pa.concat_tables([tb for _, tb in episodes])
+    ep_ids = eps.column("episode_id").to_numpy()
+    step_ids, counts = np.unique(ids, return_counts=True)
+    if len(np.unique(ep_ids)) != len(ep_ids):
+        report.add(f"data/{env_id}/episodes/{tier}-*", "duplicate episode ids")
+    if not np.array_equal(np.sort(ep_ids), step_ids):
+        report.add(where, "the episode ids of steps and episodes tables differ")
+        return
+    order = np.argsort(ep_ids)
+    lengths = eps.column("length").to_numpy()[order]
+    if not np.array_equal(lengths, counts):
+        bad = step_ids[lengths != counts][:5].tolist()
+        report.add(f"data/{env_id}/episodes/{tier}-*", f"length differs from the number of steps for episodes {bad}")
