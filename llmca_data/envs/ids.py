@@ -68,9 +68,11 @@ class EnvId:
     def gym_id(self) -> str | None:
         """The wrapped gymnasium id, or None for our own envs."""
         if self.family == "lbf":
-            return f"Foraging-{self.width}x{self.height}-{self.n_agents}p-{self.n_food}f" + (
-                "-coop" if self.coop else ""
-            ) + "-v3"
+            return (
+                f"Foraging-{self.width}x{self.height}-{self.n_agents}p-{self.n_food}f"
+                + ("-coop" if self.coop else "")
+                + "-v3"
+            )
         if self.family == "rware":
             return f"rware-{self.size}-{self.n_agents}ag-v2"
         return None

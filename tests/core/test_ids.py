@@ -27,7 +27,9 @@ def test_lbf_grammar_round_trip(w: int, h: int, p: int, f: int, coop: bool) -> N
     assert str(parsed) == env_id
 
 
-@pytest.mark.parametrize("bad", ["", "lbf", "lbf-8x8-2p", "rware-huge-2ag", "Foraging-8x8-2p-2f-v3", "spaceworld-10-3a"])
+@pytest.mark.parametrize(
+    "bad", ["", "lbf", "lbf-8x8-2p", "rware-huge-2ag", "Foraging-8x8-2p-2f-v3", "spaceworld-10-3a"]
+)
 def test_bad_ids_name_the_valid_ones(bad: str) -> None:
     with pytest.raises(UnknownEnvError, match="lbf-8x8-2p-2f"):
         EnvId.parse(bad)

@@ -1,0 +1,43 @@
+"""Shared fixtures: small real datasets built in code (no files are committed)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from llmca_data.collect import CollectConfig, collect
+
+
+@pytest.fixture(scope="session")
+def lbf_dataset_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real LBF dataset: 12 random + 8 expert episodes (built once per session)."""
+    root = tmp_path_factory.mktemp("lbf") / "ds"
+    collect(root, CollectConfig("lbf-8x8-2p-2f", "random", 12, seed=1, chunk_episodes=4))
+    collect(root, CollectConfig("lbf-8x8-2p-2f", "expert", 8, seed=2, chunk_episodes=4))
+    return root
+
+
+@pytest.fixture
+def lbf_dataset(lbf_dataset_master: Path, tmp_path: Path) -> Path:
+    """A private copy of the session LBF dataset that a test may damage."""
+    dest = tmp_path / "ds"
+    shutil.copytree(lbf_dataset_master, dest)
+    return dest
+
+
+@pytest.fixture
+def poll() -> Callable[[Callable[[], bool], float], None]:
+    """Wait for a condition with a deadline (never a fixed sleep)."""
+    import time
+
+    def wait(condition: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise TimeoutError("condition not met before the deadline")
+            time.sleep(0.02)
+
+    return wait
