@@ -100,7 +100,7 @@ def _play_chunk(root: str, job: str, config: CollectConfig, indices: list[int]) 
     stage = Path(root) / STAGING_DIR / job
     write_shard(stage, f"chunk-{indices[0]:08d}.steps.parquet", steps)
     write_shard(stage, f"chunk-{indices[0]:08d}.episodes.parquet", eps)  # written last: chunk complete
-    return steps.num_rows
+    return int(steps.num_rows)
 
 
 def _staged_chunks(stage: Path) -> dict[Path, np.ndarray]:

@@ -87,7 +87,8 @@ class Episode:
 
     @property
     def reward_team(self) -> np.ndarray:  # [T]
-        return self.reward_env.sum(axis=1, dtype=np.float32)
+        out: np.ndarray = self.reward_env.sum(axis=1, dtype=np.float32)
+        return out
 
     @property
     def return_team(self) -> float:

@@ -93,7 +93,8 @@ def from_fsl(column: pa.ChunkedArray | pa.Array, shape: tuple[int, ...]) -> np.n
     flat = column
     for _ in shape:
         flat = flat.flatten()
-    return flat.to_numpy(zero_copy_only=False).reshape(len(column), *shape)
+    out: np.ndarray = flat.to_numpy(zero_copy_only=False).reshape(len(column), *shape)
+    return out
 
 
 def schema_mismatch(actual: pa.Schema, expected: pa.Schema) -> str | None:

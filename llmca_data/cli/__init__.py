@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -32,7 +33,7 @@ def envs_cmd(as_json: bool = typer.Option(False, "--json", help="Print JSON inst
     """List the environments with their agents, actions, observation and state sizes."""
     from llmca_data.envs import CONTRACT_ENV_IDS, EnvId, env_spec
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for env_id in CONTRACT_ENV_IDS:
         spec = env_spec(env_id)
         wraps = EnvId.parse(env_id).gym_id or "ours (numpy, vectorised)"

@@ -29,10 +29,11 @@ class Policy(Protocol):
 
 def random_legal_actions(mask: np.ndarray, rng: np.random.Generator) -> IntArray:
     """One uniformly random legal action per agent; ``mask`` is ``bool[N, A]``."""
-    # Gumbel-style trick without a Python loop: random keys, illegal ones pushed to -1.
+    # Random keys with the illegal ones pushed to -1: the argmax is uniform over legal actions.
     keys = rng.random(mask.shape)  # [N, A]
     keys[~mask] = -1.0
-    return keys.argmax(axis=1).astype(np.int64)
+    actions: IntArray = keys.argmax(axis=1).astype(np.int64)
+    return actions
 
 
 class RandomPolicy:
@@ -63,7 +64,7 @@ class EpsilonPolicy:
     def act(self, env: MultiAgentEnv, rng: np.random.Generator) -> IntArray:
         # The base policy is always queried so its internal plan stays consistent.
         greedy = self.base.act(env, rng)
-        explore = rng.random(greedy.shape[0]) < self.epsilon  # [N]
+        explore: np.ndarray = np.less(rng.random(greedy.shape[0]), self.epsilon)  # [N]
         if not explore.any():
             return greedy
         return np.where(explore, random_legal_actions(env.action_mask(), rng), greedy)
