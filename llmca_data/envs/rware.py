@@ -50,6 +50,7 @@ class _Snapshot:
     rng_state: dict[str, Any]
     obs: FloatArray  # [N, obs_dim], private copy
     t: int
+    deliveries: int
     done: bool
 
 
@@ -121,6 +122,7 @@ class RwareEnv:
             raise ValueError(f"{parsed}: rware obs has {raw.observation_space[0].shape[0]} features")
         self.goals: tuple[tuple[int, int], ...] = tuple((int(y), int(x)) for x, y in raw.goals)  # (row, col)
         self.t = 0
+        self.deliveries = 0
         self._done = True
         self._obs: FloatArray = np.zeros((self.n_agents, self.spec.obs_dim), np.float32)  # [N, obs_dim]
         self._mask: BoolArray | None = None
@@ -159,6 +161,7 @@ class RwareEnv:
                 "do not reset rware envs from several threads"
             )
         self.t = 0
+        self.deliveries = 0
         self._done = False
         self._obs = self._take_obs(nobs)  # [N, obs_dim]
         self._mask = None
@@ -178,7 +181,10 @@ class RwareEnv:
         truncated = bool(done) or self.t >= self.spec.max_steps
         self._done = truncated
         reward = np.asarray(rewards, dtype=np.float32)  # [N]
-        return Step(self._obs, reward, np.zeros(self.n_agents, np.float32), False, truncated, {})
+        self.deliveries += int(np.count_nonzero(reward))
+        # RWARE has no goal state: an episode counts as a success when it delivered at least once.
+        info = {"deliveries": self.deliveries, "success": self.deliveries > 0}
+        return Step(self._obs, reward, np.zeros(self.n_agents, np.float32), False, truncated, info)
 
     def action_mask(self) -> BoolArray:
         if self._mask is None:
@@ -270,6 +276,7 @@ class RwareEnv:
             rng_state=raw.np_random.bit_generator.state,
             obs=self._obs.copy(),
             t=self.t,
+            deliveries=self.deliveries,
             done=self._done,
         )
 
@@ -291,6 +298,7 @@ class RwareEnv:
         raw.np_random.bit_generator.state = snap.rng_state
         self._obs = snap.obs.copy()
         self.t = snap.t
+        self.deliveries = snap.deliveries
         self._done = snap.done
         self._mask = None
 

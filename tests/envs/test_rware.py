@@ -182,3 +182,15 @@ def test_reset_determinism_and_interleaved_envs() -> None:
         runs.append(np.stack(states))
     np.testing.assert_array_equal(runs[0], runs[1])
     assert len({a_env.reset(seed).tobytes() for seed in range(5)}) > 1
+
+
+def test_success_means_at_least_one_delivery() -> None:
+    """RWARE has no goal state; an episode succeeds when it delivered at least once."""
+    from llmca_data.policies.base import RandomPolicy
+    from llmca_data.rollout import run_episode
+
+    env = RwareEnv("rware-tiny-2ag", max_steps=120)
+    expert = run_episode(env, RwareScripted(), 3, "expert")
+    assert expert.return_team > 0 and expert.success
+    random = run_episode(env, RandomPolicy(), 3, "random")
+    assert random.return_team == 0 and not random.success
