@@ -41,14 +41,16 @@ class TierSpec:
 
 
 # Medium epsilons were chosen so a medium episode scores roughly 40-60% of the expert on the
-# normalised scale (measured over 60 reference-seed episodes per env; ε = 0.5 left LBF at 90%).
+# normalised scale (measured over 60 reference-seed episodes per env; ε = 0.5 left LBF at 90%
+# and Spaceworld at 95%).
 TIER_SPECS: dict[str, TierSpec] = {
     "expert": TierSpec("expert", 0.0, "the scripted expert of the env family"),
     "medium": TierSpec(
         "medium",
         0.5,
-        "the scripted expert, each agent acting at random with probability epsilon (LBF 0.65, others 0.5)",
-        family_epsilon=(("lbf", 0.65),),
+        "the scripted expert, each agent acting at random with probability epsilon (LBF 0.65, RWARE 0.5, "
+        "Spaceworld 0.75)",
+        family_epsilon=(("lbf", 0.65), ("spaceworld", 0.75)),
     ),
     "random": TierSpec("random", 1.0, "uniformly random legal actions"),
     "replay": TierSpec("replay", None, "the scripted expert with a per-episode epsilon drawn from U(0, 1)"),
