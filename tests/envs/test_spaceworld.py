@@ -218,13 +218,13 @@ def test_feature_names_match_values() -> None:
     state, spec = env.state(), env.spec
     o, s = spec.obs_features.index, spec.state_features.index
     for i in range(3):
-        assert obs[i, o("self_row")] == state[s(f"agent{i}_row")]
+        assert obs[i, o("self.row")] == state[s(f"agent_{i}.row")]
         for m in range(3):
-            rel = state[s(f"module{m}_col")] - state[s(f"agent{i}_col")]
-            assert obs[i, o(f"module{m}_dcol")] == pytest.approx(rel)
-            assert obs[i, o(f"module{m}_heavy")] == state[s(f"module{m}_heavy")] == float(m == 2)
+            rel = state[s(f"module_{m}.col")] - state[s(f"agent_{i}.col")]
+            assert obs[i, o(f"module_{m}.dcol")] == pytest.approx(rel)
+            assert obs[i, o(f"module_{m}.heavy")] == state[s(f"module_{m}.heavy")] == float(m == 2)
         other = next(j for j in range(3) if j != i)
-        assert obs[i, o("other1_drow")] == pytest.approx(state[s(f"agent{other}_row")] - obs[i, o("self_row")])
+        assert obs[i, o("other_1.drow")] == pytest.approx(state[s(f"agent_{other}.row")] - obs[i, o("self.row")])
 
 
 def test_reset_is_a_pure_function_of_the_seed() -> None:

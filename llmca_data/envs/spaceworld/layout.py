@@ -152,40 +152,40 @@ def start_cells(
 
 def obs_feature_names(n_agents: int, n_modules: int, n_debris: int) -> tuple[str, ...]:
     """Names of the ``obs_dim`` columns of one agent's observation, in order."""
-    names = ["time", "self_row", "self_col", "self_carrying", "self_disabled"]
+    names = ["t_frac", "self.row", "self.col", "self.carrying", "self.disabled"]
     for k in range(1, n_agents):
-        names += [f"other{k}_drow", f"other{k}_dcol", f"other{k}_carrying", f"other{k}_disabled"]
+        names += [f"other_{k}.drow", f"other_{k}.dcol", f"other_{k}.carrying", f"other_{k}.disabled"]
     for m in range(n_modules):
         names += [
-            f"module{m}_drow",
-            f"module{m}_dcol",
-            f"module{m}_heavy",
-            f"module{m}_free",
-            f"module{m}_carried_by_self",
-            f"module{m}_carried_by_other",
-            f"module{m}_delivered",
+            f"module_{m}.drow",
+            f"module_{m}.dcol",
+            f"module_{m}.heavy",
+            f"module_{m}.free",
+            f"module_{m}.carried_by_self",
+            f"module_{m}.carried_by_other",
+            f"module_{m}.delivered",
         ]
-    names += ["dock_drow", "dock_dcol"]
+    names += ["dock.drow", "dock.dcol"]
     for d in range(n_debris):
-        names += [f"debris{d}_visible", f"debris{d}_drow", f"debris{d}_dcol", f"debris{d}_vrow", f"debris{d}_vcol"]
+        names += [f"debris_{d}.visible", f"debris_{d}.drow", f"debris_{d}.dcol", f"debris_{d}.vrow", f"debris_{d}.vcol"]
     return tuple(names)
 
 
 def state_feature_names(n_agents: int, n_modules: int, n_debris: int) -> tuple[str, ...]:
     """Names of the ``state_dim`` columns of the global state, in order."""
-    names = ["time"]
+    names = ["t_frac"]
     for i in range(n_agents):
-        names += [f"agent{i}_row", f"agent{i}_col", f"agent{i}_carrying", f"agent{i}_disabled"]
+        names += [f"agent_{i}.row", f"agent_{i}.col", f"agent_{i}.carrying", f"agent_{i}.disabled"]
     for m in range(n_modules):
         names += [
-            f"module{m}_row",
-            f"module{m}_col",
-            f"module{m}_heavy",
-            f"module{m}_free",
-            f"module{m}_carried",
-            f"module{m}_delivered",
+            f"module_{m}.row",
+            f"module_{m}.col",
+            f"module_{m}.heavy",
+            f"module_{m}.free",
+            f"module_{m}.carried",
+            f"module_{m}.delivered",
         ]
-        names += [f"module{m}_carried_by_agent{i}" for i in range(n_agents)]
+        names += [f"module_{m}.carried_by_agent_{i}" for i in range(n_agents)]
     for d in range(n_debris):
-        names += [f"debris{d}_row", f"debris{d}_col", f"debris{d}_vrow", f"debris{d}_vcol"]
+        names += [f"debris_{d}.row", f"debris_{d}.col", f"debris_{d}.vrow", f"debris_{d}.vcol"]
     return tuple(names)
