@@ -106,3 +106,14 @@ def test_shards_use_zstd_and_page_checksums(tmp_path: Path) -> None:
     assert meta.row_group(0).column(0).compression == "ZSTD"
     assert not list(tmp_path.rglob(".*tmp-*")), "temporary files must be renamed away"
     assert isinstance(read_shard(tmp_path / entry.path), pa.Table)
+
+
+def test_reference_returns_cover_every_contract_env() -> None:
+    from llmca_data.envs import CONTRACT_ENV_IDS
+    from llmca_data.reference import normalized_score, reference_returns
+
+    for env_id in CONTRACT_ENV_IDS:
+        ref = reference_returns(env_id)
+        assert ref is not None and ref["expert"] > ref["random"], env_id
+        assert normalized_score(env_id, ref["random"]) == 0.0
+        assert abs(normalized_score(env_id, ref["expert"]) - 100.0) < 1e-9
