@@ -82,7 +82,7 @@ def pipeline_cmd(
 
     table = Table("env", "tier", "episodes", "steps", "return (mean ± std)", "norm. score", "cost/ep", "success")
     for r in stats:
-        score = "—" if r["normalized_score"] is None else f"{r['normalized_score']:.0f}"
+        score = "—" if r["normalized_score"] is None else f"{r['normalized_score']:.1f}"
         table.add_row(
             r["env_id"], r["tier"], str(r["episodes"]), str(r["steps"]),
             f"{r['return_mean']:.3f} ± {r['return_std']:.3f}", score, f"{r['cost_mean']:.2f}",
