@@ -1,0 +1,36 @@
+"""`llmca pipeline` on its embedded defaults: the main job of the README."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from llmca_data.validate import validate
+
+
+@pytest.mark.slow
+def test_pipeline_runs_end_to_end_and_reruns_for_free(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-c", "from llmca_data.cli import main; main()", "pipeline", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert f"dataset: {out / 'dataset'} (valid)" in proc.stdout
+    record = json.loads((out / "pipeline.json").read_text())
+    assert record["validate"]["ok"] and validate(out / "dataset").ok
+    assert record["schema_version"] == 1 and "lbforaging" in record["versions"]
+    stats = {(r["env_id"], r["tier"]): r for r in record["stats"]}
+    assert len(stats) == 9
+    for env_id in ("lbf-8x8-2p-2f", "spaceworld-10x10-3a", "rware-tiny-2ag"):
+        expert, medium, random = (stats[env_id, t]["return_mean"] for t in ("expert", "medium", "random"))
+        assert expert > medium > random, env_id
+    assert stats["rware-tiny-2ag", "expert"]["return_mean"] > 10  # the RWARE expert delivers
+    assert stats["spaceworld-10x10-3a", "random"]["cost_mean"] > stats["spaceworld-10x10-3a", "expert"]["cost_mean"]
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    rerun = json.loads((out / "pipeline.json").read_text())
+    assert all(c["new_episodes"] == 0 for c in rerun["collect"])
