@@ -36,7 +36,7 @@ from llmca_data.envs.base import EnvSpec
 from llmca_data.info import record_collection
 from llmca_data.layout import STAGING_DIR
 from llmca_data.rollout import episode_seed, run_episode, tier_rng
-from llmca_data.shards import MAX_SHARD_BYTES, FileEntry, Manifest, read_shard, write_shard
+from llmca_data.shards import MAX_SHARD_BYTES, Commit, Manifest, read_shard, write_shard
 from llmca_data.tables import episodes_to_tables
 from llmca_data.tiers import tier_policy, tier_spec
 
@@ -205,6 +205,7 @@ def _commit(
     steps = steps.set_column(0, "episode_id", pa.array(new_ids[np.searchsorted(index, steps_index)]))
 
     files = []
+    commit = Commit(root, manifest)
     lengths = eps.column("length").to_numpy().astype(np.int64)
     per_row = max(1, steps.nbytes // max(1, steps.num_rows))
     group = np.cumsum(lengths) * per_row // config.max_shard_bytes  # shard number of each episode
@@ -218,12 +219,11 @@ def _commit(
             ("episodes", e_idx + k, eps.slice(lo, hi - lo)),
         ):
             rel = f"data/{spec.env_id}/{kind}/{config.tier}-{idx:05d}.parquet"
-            entry: FileEntry = write_shard(root, rel, table)
-            manifest.files[rel] = entry
+            commit.write(rel, table)
             files.append(rel)
     policy_ids = sorted({p.split("/")[0] for p in eps.column("policy_id").to_pylist()})
     record_collection(root, spec, config.tier, policy_ids)
-    manifest.save(root)  # the commit point
+    commit.apply()
     for eps_path in used:
         eps_path.unlink()
         eps_path.with_name(eps_path.name.replace(".episodes.", ".steps.")).unlink()

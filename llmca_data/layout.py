@@ -4,6 +4,7 @@
 README.md                                       rendered dataset card (``llmca build``)
 meta/info.json                                  schema_version, versions, envs, tiers, reference returns
 meta/manifest.json                              every data file: path, rows, bytes, sha256 (written last)
+meta/pending.json                               journal of a commit in progress (absent when idle)
 data/<env_id>/steps/<tier>-00000.parquet        one row per (episode, t), sorted
 data/<env_id>/episodes/<tier>-00000.parquet     one row per episode
 data/<env_id>/annotations/<tier>-00000.parquet  one row per (episode, critic)
@@ -21,6 +22,7 @@ from pathlib import Path
 
 INFO_PATH = "meta/info.json"
 MANIFEST_PATH = "meta/manifest.json"
+PENDING_PATH = "meta/pending.json"
 LOCK_NAME = ".llmca.lock"
 STAGING_DIR = ".staging"
 TRASH_DIR = ".trash"

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from llmca_data import SCHEMA_VERSION, __version__
 from llmca_data.errors import DatasetLockedError, ShardError
-from llmca_data.layout import LOCK_NAME, MANIFEST_PATH, TRASH_DIR, ShardName, data_files
+from llmca_data.layout import LOCK_NAME, MANIFEST_PATH, PENDING_PATH, TRASH_DIR, ShardName, data_files
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +62,9 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def write_shard(root: Path, rel_path: str, table: pa.Table) -> FileEntry:
-    """Write ``table`` to ``root/rel_path`` atomically (zstd, page checksums) and describe it."""
-    path = root / rel_path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+def _write_file(table: pa.Table, tmp: Path, rel_path: str) -> FileEntry:
+    """Write ``table`` to ``tmp`` (zstd, page checksums), fsync it, and describe it as ``rel_path``."""
+    tmp.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(
         table,
         tmp,
@@ -77,9 +75,65 @@ def write_shard(root: Path, rel_path: str, table: pa.Table) -> FileEntry:
     )
     with tmp.open("rb+") as f:
         os.fsync(f.fileno())
-    entry = FileEntry(rel_path, table.num_rows, tmp.stat().st_size, sha256_file(tmp))
+    return FileEntry(rel_path, table.num_rows, tmp.stat().st_size, sha256_file(tmp))
+
+
+def write_shard(root: Path, rel_path: str, table: pa.Table) -> FileEntry:
+    """Write ``table`` to ``root/rel_path`` atomically (temporary name, then rename) and describe it.
+
+    This does not touch the manifest; dataset writers use ``Commit`` instead.
+    """
+    path = root / rel_path
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    entry = _write_file(table, tmp, rel_path)
     os.replace(tmp, path)
     return entry
+
+
+class Commit:
+    """Several shard writes and the manifest update as one step that survives a kill.
+
+    ``write`` puts each table under a hidden ``.pending`` name; ``apply`` then writes the
+    journal ``meta/pending.json`` (the commit point), renames every file into place and saves
+    the manifest. A writer killed after the journal is written is rolled forward by the next
+    ``DatasetLock``; one killed before it leaves the dataset exactly as it was.
+    """
+
+    def __init__(self, root: Path, manifest: Manifest) -> None:
+        self.root = root
+        self.manifest = manifest
+        self.entries: list[FileEntry] = []
+
+    def write(self, rel_path: str, table: pa.Table) -> FileEntry:
+        entry = _write_file(table, _pending_name(self.root / rel_path), rel_path)
+        self.entries.append(entry)
+        return entry
+
+    def apply(self) -> None:
+        if not self.entries:
+            return
+        write_json_atomic(self.root / PENDING_PATH, {"files": [asdict(e) for e in self.entries]})
+        roll_forward(self.root, self.manifest)
+        self.entries = []
+
+
+def _pending_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.pending")
+
+
+def roll_forward(root: Path, manifest: Manifest) -> None:
+    """Finish the commit journaled in ``meta/pending.json``, if any (idempotent)."""
+    journal = root / PENDING_PATH
+    if not journal.exists():
+        return
+    entries = [FileEntry(**f) for f in json.loads(journal.read_text())["files"]]
+    for entry in entries:
+        staged = _pending_name(root / entry.path)
+        if staged.exists():
+            os.replace(staged, root / entry.path)
+        manifest.files[entry.path] = entry
+    manifest.save(root)
+    journal.unlink()
 
 
 def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -189,9 +243,12 @@ class DatasetLock:
 
     def _recover(self) -> None:
         manifest = Manifest.load(self.root)
+        if (self.root / PENDING_PATH).exists():
+            log.warning("finishing a commit that an interrupted writer journaled in %s", PENDING_PATH)
+            roll_forward(self.root, manifest)
         for rel in data_files(self.root):
             name = Path(rel).name
-            if name.startswith(".") and ".tmp-" in name:
+            if name.startswith(".") and (".tmp-" in name or name.endswith(".pending")):
                 (self.root / rel).unlink()
                 log.warning("removed temporary file %s left by an interrupted writer", rel)
             elif ShardName.parse(rel) is not None and rel not in manifest.files:

@@ -23,7 +23,7 @@ import pyarrow as pa
 from llmca_data.envs.base import EnvSpec
 from llmca_data.errors import LlmcaError
 from llmca_data.info import load_info
-from llmca_data.layout import INFO_PATH, MANIFEST_PATH, ShardName, data_files
+from llmca_data.layout import INFO_PATH, MANIFEST_PATH, PENDING_PATH, ShardName, data_files
 from llmca_data.schema import episodes_schema, from_fsl, fsl, schema_mismatch, steps_schema
 from llmca_data.shards import Manifest, read_shard, sha256_file
 
@@ -74,6 +74,12 @@ def validate(root: Path, progress: Callable[[int, int], None] | None = None) -> 
     if not (root / MANIFEST_PATH).exists():
         report.add(MANIFEST_PATH, "missing: no writer ever committed here (run `llmca collect`)")
         return report
+    if (root / PENDING_PATH).exists():
+        report.add(
+            PENDING_PATH,
+            "a writer was interrupted mid-commit; run any writing command (e.g. `llmca collect` "
+            "with the same arguments) to finish it",
+        )
     if not (root / INFO_PATH).exists():
         report.add(INFO_PATH, "missing: re-run `llmca collect` or `llmca build` to write it")
     on_disk = set(data_files(root))
