@@ -29,3 +29,7 @@ class ShardError(LlmcaError, ValueError):
 
 class SchemaVersionError(LlmcaError, ValueError):
     """A dataset written with a schema version this package cannot read."""
+
+
+class UnknownCriticError(LlmcaError, ValueError):
+    """A critic id whose ``credit_<critic>`` column is not in the dataset."""

@@ -45,6 +45,15 @@ def spec_to_dict(spec: EnvSpec) -> dict[str, Any]:
     return out
 
 
+def spec_from_info(env: dict[str, Any]) -> EnvSpec:
+    """Rebuild an ``EnvSpec`` from its ``meta/info.json`` entry (no env package needed)."""
+    raw = dict(env["spec"])
+    raw.pop("agent_ids", None)
+    for key in ("action_names", "obs_features", "state_features"):
+        raw[key] = tuple(raw[key])
+    return EnvSpec(**raw)
+
+
 def record_collection(root: Path, spec: EnvSpec, tier: str, policy_ids: list[str]) -> dict[str, Any]:
     """Add one env/tier collection to ``meta/info.json`` (atomically) and return the document."""
     info = load_info(root)

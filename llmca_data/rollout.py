@@ -80,6 +80,8 @@ class Episode:
     success: bool
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
+    episode_id: int = -1
+    """The dataset id once stored (-1 for a freshly played episode)."""
 
     @property
     def length(self) -> int:

@@ -78,6 +78,27 @@ def episodes_schema(spec: EnvSpec) -> pa.Schema:
     return pa.schema(fields, metadata=_metadata(spec, "episodes"))
 
 
+def annotations_schema(spec: EnvSpec) -> pa.Schema:
+    """One row per (episode, critic): who annotated, with what, how it went, and the rationales."""
+    fields = [
+        pa.field("episode_id", pa.int64(), nullable=False),
+        pa.field("critic", pa.string(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("prompt_version", pa.string(), nullable=False),
+        pa.field("params", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string(), nullable=False),
+        pa.field("rationale", fsl(pa.string(), spec.n_agents), nullable=False),
+        pa.field("summary", pa.string(), nullable=False),
+        pa.field("tokens_in", pa.int64(), nullable=False),
+        pa.field("tokens_out", pa.int64(), nullable=False),
+        pa.field("latency_s", pa.float32(), nullable=False),
+        pa.field("cost_usd", pa.float32(), nullable=False),
+        pa.field("raw_response", pa.string(), nullable=False),
+    ]
+    return pa.schema(fields, metadata=_metadata(spec, "annotations"))
+
+
 def to_fsl(values: np.ndarray, dtype: pa.DataType) -> pa.Array:
     """Numpy ``[M, *inner]`` → Arrow ``fixed_size_list`` array of M rows (zero-copy where possible)."""
     arr: pa.Array = pa.array(np.ascontiguousarray(values).reshape(-1), type=dtype)

@@ -99,6 +99,7 @@ def tables_to_episodes(steps: pa.Table, episodes: pa.Table, spec: EnvSpec) -> li
                 success=row["success"],
                 env_kwargs=json.loads(row["env_kwargs"]),
                 versions=json.loads(row["versions"]),
+                episode_id=row["episode_id"],
             )
         )
     return out

@@ -22,9 +22,9 @@ import pyarrow as pa
 
 from llmca_data.envs.base import EnvSpec
 from llmca_data.errors import LlmcaError
-from llmca_data.info import load_info
+from llmca_data.info import load_info, spec_from_info
 from llmca_data.layout import INFO_PATH, MANIFEST_PATH, PENDING_PATH, ShardName, data_files
-from llmca_data.schema import episodes_schema, from_fsl, fsl, schema_mismatch, steps_schema
+from llmca_data.schema import annotations_schema, episodes_schema, from_fsl, fsl, schema_mismatch, steps_schema
 from llmca_data.shards import Manifest, read_shard, sha256_file
 
 
@@ -51,14 +51,6 @@ class ValidationReport:
 
     def add(self, path: str, message: str) -> None:
         self.problems.append(Problem(path, message))
-
-
-def _spec_from_info(env: dict[str, object]) -> EnvSpec:
-    raw = dict(env["spec"])  # type: ignore[call-overload]
-    raw.pop("agent_ids", None)
-    for key in ("action_names", "obs_features", "state_features"):
-        raw[key] = tuple(raw[key])
-    return EnvSpec(**raw)
 
 
 def validate(root: Path, progress: Callable[[int, int], None] | None = None) -> ValidationReport:
@@ -102,8 +94,10 @@ def validate(root: Path, progress: Callable[[int, int], None] | None = None) -> 
         if env is None:
             report.add(rel, f"env {name.env_id} is not described in {INFO_PATH}")
             continue
-        if name.kind != "annotations" and _check_schema(rel, table, _spec_from_info(env), name.kind, report):
+        if _check_schema(rel, table, spec_from_info(env), name.kind, report):
             tables.setdefault((name.env_id, name.tier, name.kind), []).append((rel, table))
+            if name.kind == "annotations":
+                _check_annotations(rel, table, report)
     for (env_id, tier, kind), parts in sorted(tables.items()):
         if kind == "steps":
             _check_steps(env_id, tier, parts, tables.get((env_id, tier, "episodes"), []), report)
@@ -137,7 +131,7 @@ def _check_file(root: Path, rel: str, manifest: Manifest, report: ValidationRepo
 
 
 def _check_schema(rel: str, table: pa.Table, spec: EnvSpec, kind: str, report: ValidationReport) -> bool:
-    expected = steps_schema(spec) if kind == "steps" else episodes_schema(spec)
+    expected = {"steps": steps_schema, "episodes": episodes_schema, "annotations": annotations_schema}[kind](spec)
     problem = schema_mismatch(table.schema, expected)
     credit_type = fsl(pa.float32(), spec.n_agents)
     for f in table.schema:
@@ -146,6 +140,15 @@ def _check_schema(rel: str, table: pa.Table, spec: EnvSpec, kind: str, report: V
     if problem:
         report.add(rel, f"wrong schema for {spec.env_id} {kind}: {problem}")
     return problem is None
+
+
+def _check_annotations(rel: str, table: pa.Table, report: ValidationReport) -> None:
+    statuses = set(table.column("status").to_pylist())
+    if statuses - {"ok", "repaired", "failed"}:
+        report.add(rel, f"unknown status values {sorted(statuses - {'ok', 'repaired', 'failed'})}")
+    keys = table.select(["episode_id", "critic"]).to_pylist()
+    if len({(k["episode_id"], k["critic"]) for k in keys}) != len(keys):
+        report.add(rel, "duplicate (episode_id, critic) rows")
 
 
 def _check_steps(

@@ -89,6 +89,54 @@ def collect_cmd(
     )
 
 
+@app.command("annotate")
+def annotate_cmd(
+    directory: Path = typer.Argument(..., help="Dataset directory (from `llmca collect` or `llmca download`)."),
+    critic: str = typer.Option(
+        None, "--critic", help="uniform | shapley | counterfactual (with --horizon H: counterfactual-h<H>)."
+    ),
+    horizon: int = typer.Option(1, "--horizon", min=1, help="Counterfactual window: credit steps that lead to reward."),
+    gamma: float = typer.Option(0.99, "--gamma", help="Discount over the counterfactual window."),
+    samples: int = typer.Option(256, "--samples", help="Shapley: random agent orders when N > 4 (exact up to 4)."),
+    env: list[str] = typer.Option([], "--env", help="Only this env (repeatable)."),
+    tier: list[str] = typer.Option([], "--tier", help="Only this tier (repeatable)."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes computing credits in parallel."),
+    force: bool = typer.Option(False, "--force", help="Recompute episodes that already have these credits."),
+    from_file: Path = typer.Option(None, "--from-file", help="Import credits: Parquet with episode_id, t, credit."),
+    critic_id: str = typer.Option(None, "--critic-id", help="Critic id for --from-file credits, e.g. my-critic."),
+) -> None:
+    """Add a critic's per-agent, per-step credits (column credit_<critic>) to every step of a dataset.
+
+    Idempotent: a rerun only retries failed episodes; --force recomputes. Re-simulating critics
+    replay each stored episode and refuse ones the installed env does not reproduce.
+    """
+    from llmca_data.annotation.annotate import annotate
+    from llmca_data.annotation.critic import make_critic
+    from llmca_data.annotation.imported import ImportedCritic
+
+    if (from_file is None) == (critic is None) or (from_file is not None) != (critic_id is not None):
+        raise typer.BadParameter("give either --critic ID, or --from-file FILE with --critic-id NAME")
+    if from_file is not None:
+        chosen = ImportedCritic(critic_id, from_file)
+        chosen.check_coverage(directory, tuple(env), tuple(tier))
+    else:
+        if horizon > 1 and critic == "counterfactual":
+            critic = f"counterfactual-h{horizon}"
+        chosen = make_critic(critic, horizon=horizon, gamma=gamma, samples=samples)
+    with progress_bar(f"annotate {chosen.critic_id}", "episodes") as update:
+        result = annotate(
+            directory, chosen, envs=tuple(env), tiers=tuple(tier), workers=workers, force=force, progress=update
+        )
+    console.print(
+        f"{chosen.critic_id}: {result.episodes} episodes annotated ({result.steps} steps, {result.failed} failed), "
+        f"{result.skipped} already done, {len(result.shards)} shards rewritten, {result.seconds:.1f} s"
+    )
+    if result.failed:
+        err_console.print(
+            "[yellow]failed episodes have NaN credits; see their annotations rows (status, error)[/yellow]"
+        )
+
+
 @app.command("validate")
 def validate_cmd(directory: Path = typer.Argument(..., help="Dataset directory.")) -> None:
     """Check files, hashes, page checksums, schema and invariants; exit 1 on any problem."""

@@ -139,6 +139,10 @@ class LBFEnv:
         return self._obs
 
     def reset(self, seed: int) -> FloatArray:
+        # lbforaging 2.0.0 spawns players by rejection sampling against every player's *current*
+        # position, so without this its reset depends on where the previous episode ended.
+        for player in self._raw.players:
+            player.position = None
         nobs, _ = self._raw.reset(seed=int(seed))
         field = self._raw.field
         rows, cols = np.nonzero(field)

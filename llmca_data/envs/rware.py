@@ -280,6 +280,14 @@ class RwareEnv:
             done=self._done,
         )
 
+    def rng_state(self) -> dict[str, Any]:
+        """The RNG state rware draws new requests from (a copy); counterfactual branches share it."""
+        state: dict[str, Any] = self._raw.np_random.bit_generator.state
+        return state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        self._raw.np_random.bit_generator.state = state
+
     def restore(self, snap: _Snapshot) -> None:
         raw = self._raw
         if not raw.agents:

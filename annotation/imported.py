@@ -1,0 +1,90 @@
+"""Credits computed elsewhere, imported under a critic id of the user's choosing.
+
+Input: a Parquet file with columns ``episode_id`` (int), ``t`` (int) and ``credit`` (a list
+of N floats per row), keyed by (``episode_id``, ``t``). Output: a ``Critic`` that serves those
+credits to ``annotate``; ``check_coverage`` first proves the file covers every step of the
+episodes to annotate, so nothing is written from an incomplete file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from llmca_data.envs.base import MultiAgentEnv
+from llmca_data.errors import LlmcaError
+from llmca_data.rollout import Episode
+from llmca_data.shards import Manifest, read_shard
+
+from .critic import CriticOutput
+
+
+class CreditFileError(LlmcaError, ValueError):
+    """An import file that is unreadable, misshapen, or does not cover the dataset."""
+
+
+class ImportedCritic:
+    needs_env = False
+
+    def __init__(self, critic_id: str, path: Path) -> None:
+        if not critic_id or any(c in critic_id for c in " /_") or critic_id != critic_id.lower():
+            raise CreditFileError(f"critic id {critic_id!r}: use lower-case words joined by '-', e.g. my-critic")
+        self.critic_id = critic_id
+        self.path = path
+        try:
+            table = pq.read_table(path, columns=["episode_id", "t", "credit"])
+        except (OSError, pa.ArrowException, KeyError) as exc:
+            raise CreditFileError(
+                f"{path}: cannot read columns episode_id, t, credit ({exc}); write a Parquet file with "
+                "episode_id (int), t (int) and credit (list of N floats per row)"
+            ) from exc
+        table = table.sort_by([("episode_id", "ascending"), ("t", "ascending")])
+        self._ids = table.column("episode_id").to_numpy().astype(np.int64)  # [M]
+        self._t = table.column("t").to_numpy().astype(np.int64)  # [M]
+        lengths = pc.list_value_length(table.column("credit")).to_numpy(zero_copy_only=False)
+        if lengths.size and (lengths.min() != lengths.max()):
+            raise CreditFileError(
+                f"{path}: every credit list must have N entries; found lengths {sorted(set(lengths))}"
+            )
+        n = int(lengths[0]) if lengths.size else 0
+        flat = pc.list_flatten(table.column("credit")).to_numpy(zero_copy_only=False).astype(np.float32)
+        self._credits = flat.reshape(-1, n) if n else np.zeros((0, 0), np.float32)  # [M, N]
+
+    def params(self) -> dict[str, Any]:
+        return {"type": "imported", "file": str(self.path)}
+
+    def check_coverage(self, root: Path, envs: tuple[str, ...] = (), tiers: tuple[str, ...] = ()) -> int:
+        """Raise unless the file has exactly one row for every step to annotate; returns the step count."""
+        have = set(zip(self._ids.tolist(), self._t.tolist(), strict=True))
+        if len(have) != self._ids.size:
+            raise CreditFileError(f"{self.path}: duplicate (episode_id, t) rows")
+        needed = 0
+        for name in Manifest.load(root).shards(kind="steps"):
+            if (envs and name.env_id not in envs) or (tiers and name.tier not in tiers):
+                continue
+            keys = read_shard(root / str(name), ["episode_id", "t"])
+            missing = [
+                k for k in zip(*(keys.column(c).to_pylist() for c in ("episode_id", "t")), strict=True) if k not in have
+            ]
+            if missing:
+                raise CreditFileError(
+                    f"{self.path} does not cover {len(missing)} steps of {name} (first: episode_id={missing[0][0]}, "
+                    f"t={missing[0][1]}); the file needs one row per (episode_id, t) of every episode to annotate"
+                )
+            needed += keys.num_rows
+        return needed
+
+    def annotate(self, episode: Episode, env: MultiAgentEnv | None = None) -> CriticOutput:
+        lo, hi = np.searchsorted(self._ids, [episode.episode_id, episode.episode_id + 1])
+        credits = self._credits[lo:hi]
+        n = episode.reward_env.shape[1]
+        if credits.shape != (episode.length, n):
+            return CriticOutput.failed(
+                episode.length, n, f"imported credits have shape {credits.shape}, need ({episode.length}, {n})"
+            )
+        return CriticOutput(credits.copy())
