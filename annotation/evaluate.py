@@ -30,12 +30,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from llmca_data.annotation.metrics import DEFAULT_TOL, CreditTally, combine_tallies, tally_credits
 from llmca_data.errors import ShardError, UnknownCriticError, UnknownEnvError
 from llmca_data.layout import INFO_PATH, ShardName
 from llmca_data.schema import credit_column, from_fsl
 from llmca_data.shards import Manifest, read_shard
 from llmca_data.tiers import tier_spec
+
+from .metrics import DEFAULT_TOL, CreditTally, combine_tallies, tally_credits
 
 ALL = "all"
 """``env_id`` / ``tier`` of the pooled rows."""

@@ -37,12 +37,12 @@ Steps
 
 ``mae_scaled``
     Over the rewarded steps (``mae_steps`` = rewarded_steps): the critic vector c is scaled
-    to the reference's sum, ``c' = c · Σref / Σc``, when ``|Σc| > tol``; a step with
-    ``|Σc| ≤ tol`` (a zero-sum step, counted in ``zero_sum_steps``) is compared unscaled,
-    ``c' = c``. The metric is the mean over the steps of ``mean_i |c'_i − ref_i|``. The
-    scale factor may be negative, so this measures how the critic splits the reward among
-    agents up to scale, not its signs (``sign_agreement`` does): a sign-flipped critic with
-    nonzero sums scores 0.
+    to the reference's sum, ``c' = c · Σref / Σc``, when that factor is positive
+    (``|Σc| > tol`` and Σc has the sign of Σref). A zero-sum step (``|Σc| ≤ tol``) or a step
+    whose sums have opposite signs is compared unscaled, ``c' = c``, and counted in
+    ``unscaled_steps``; so a sign-flipped critic is penalised rather than rescued by a
+    negative factor. The metric is the mean over the steps of ``mean_i |c'_i − ref_i|``: how
+    the critic splits the reward among agents, up to a positive scale.
 
 ``episode_total_pearson``
     Per episode with at least one usable step, each agent's total credit over the usable
@@ -94,7 +94,7 @@ class CreditScores:
     constant_steps: int
     mae_scaled: float | None
     mae_steps: int
-    zero_sum_steps: int
+    unscaled_steps: int
     episode_total_pearson: float | None
     episode_pairs: int
     coverage: float | None
@@ -125,7 +125,7 @@ class CreditTally:
     constant_steps: int = 0
     mae_sum: float = 0.0
     mae_steps: int = 0
-    zero_sum_steps: int = 0
+    unscaled_steps: int = 0
     episodes: int = 0
     episodes_covered: int = 0
     totals_critic: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [episode_pairs]
@@ -148,7 +148,7 @@ class CreditTally:
             constant_steps=self.constant_steps,
             mae_scaled=_rate(self.mae_sum, self.mae_steps),
             mae_steps=self.mae_steps,
-            zero_sum_steps=self.zero_sum_steps,
+            unscaled_steps=self.unscaled_steps,
             episode_total_pearson=_pearson(self.totals_critic, self.totals_reference, self.tol),
             episode_pairs=len(self.totals_critic),
             coverage=_rate(self.episodes_covered, self.episodes),
@@ -224,10 +224,11 @@ def tally_credits(
         spearman_sum, spearman_steps = float(rho.sum()), int(varied.sum())
         constant_steps = int((~varied).sum())
 
-    # MAE after scaling the critic to the reference's sum (zero-sum critic steps unscaled).
+    # MAE after scaling the critic to the reference's sum by a positive factor (others unscaled).
     c_sum, r_sum = cr.sum(axis=1), rr.sum(axis=1)  # [K]
-    zero_sum = np.abs(c_sum) <= tol  # [K]
-    scale = np.where(zero_sum, 1.0, r_sum / np.where(zero_sum, 1.0, c_sum))  # [K]
+    factor = r_sum / np.where(np.abs(c_sum) <= tol, 1.0, c_sum)  # [K]
+    zero_sum = (np.abs(c_sum) <= tol) | (factor <= 0)  # [K] compared unscaled
+    scale = np.where(zero_sum, 1.0, factor)  # [K]
     mae_sum = float(np.abs(cr * scale[:, None] - rr).mean(axis=1).sum()) if len(cr) else 0.0
 
     # Per-agent episode totals over usable steps.
@@ -253,7 +254,7 @@ def tally_credits(
         constant_steps=constant_steps,
         mae_sum=mae_sum,
         mae_steps=len(cr),
-        zero_sum_steps=int(zero_sum.sum()),
+        unscaled_steps=int(zero_sum.sum()),
         episodes=len(episodes),
         episodes_covered=len(episodes) - len(uncovered),
         totals_critic=totals_c.reshape(-1),

@@ -137,6 +137,47 @@ def annotate_cmd(
         )
 
 
+def critic_eval_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """The critic-eval rows as a rich table (None prints as —)."""
+
+    def fmt(value: Any, spec: str = ".3f") -> str:
+        return "—" if value is None else format(value, spec)
+
+    table = Table(
+        "env", "tier", "rewarded", "sign", "top agent", "spearman", "MAE", "ep. total r", "coverage", title=title,
+    )  # fmt: skip
+    for r in rows:
+        table.add_row(
+            r["env_id"], r["tier"], str(r["rewarded_steps"]), fmt(r["sign_agreement"]), fmt(r["top_agent_accuracy"]),
+            fmt(r["spearman"]), fmt(r["mae_scaled"]), fmt(r["episode_total_pearson"]), fmt(r["coverage"], ".0%"),
+        )  # fmt: skip
+    return table
+
+
+@app.command("critic-eval")
+def critic_eval_cmd(
+    directory: Path = typer.Argument(..., help="Dataset directory with both critics' credit columns."),
+    critic: str = typer.Option(..., "--critic", help="Critic to score, e.g. llm-mca or uniform."),
+    reference: str = typer.Option("shapley", "--reference", help="Reference critic, e.g. shapley, counterfactual-h5."),
+    env: list[str] = typer.Option([], "--env", help="Only this env (repeatable)."),
+    tier: list[str] = typer.Option([], "--tier", help="Only this tier (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON rows instead of a table."),
+) -> None:
+    """Score a critic's credits against a reference critic, per env and tier and overall.
+
+    Metrics (defined in llmca_data.annotation.metrics): sign agreement and top-agent accuracy on
+    rewarded steps, Spearman (N >= 3), MAE after scaling to the reference's sum, Pearson of
+    per-agent episode totals, coverage. NaN (failed) credits are excluded and counted.
+    """
+    from llmca_data.annotation.evaluate import critic_eval
+
+    rows = critic_eval(directory, critic, reference, envs=env or None, tiers=tier or None)
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    console.print(critic_eval_table(rows, f"{critic} vs {reference}"))
+
+
 @app.command("validate")
 def validate_cmd(directory: Path = typer.Argument(..., help="Dataset directory.")) -> None:
     """Check files, hashes, page checksums, schema and invariants; exit 1 on any problem."""

@@ -2,8 +2,10 @@
 
 Input: an output folder. Output, under it: ``dataset/`` (a valid dataset directory in Hub
 layout) and ``pipeline.json`` (the config, versions and every stage's result). Stages so
-far: collect (LBF 8x8, Spaceworld, RWARE tiny; tiers expert, medium, random) → validate →
-statistics. Later stages (annotate, build, load, train, evaluate, leaderboard) plug in here.
+far: collect (LBF 8x8, Spaceworld, RWARE tiny; tiers expert, medium, random) → annotate with
+the reference critics (uniform, Shapley, counterfactual) → validate → statistics and
+critic-eval tables. Later stages (LLM critics, build, load, train, evaluate, leaderboard)
+plug in here.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from llmca_data.cli import app, console, err_console
+from llmca_data.cli import app, console, critic_eval_table, err_console
 from llmca_data.cli.progress import progress_bar
 
 
@@ -31,6 +33,9 @@ class PipelineConfig:
     )
     """(env id, episodes per tier); RWARE episodes are 500 steps, so fewer."""
     tiers: tuple[str, ...] = ("expert", "medium", "random")
+    critics: tuple[str, ...] = ("uniform", "shapley", "counterfactual")
+    comparisons: tuple[tuple[str, str], ...] = (("uniform", "shapley"), ("counterfactual", "shapley"))
+    """(critic, reference) pairs scored by critic-eval."""
     seed: int = 0
     workers: int = 2
 
@@ -43,6 +48,9 @@ def pipeline_cmd(
 ) -> None:
     """Run the whole flow on a small default dataset and print where everything went."""
     from llmca_data import SCHEMA_VERSION, __version__
+    from llmca_data.annotation.annotate import annotate
+    from llmca_data.annotation.critic import make_critic
+    from llmca_data.annotation.evaluate import critic_eval
     from llmca_data.collect import CollectConfig, collect
     from llmca_data.rollout import package_versions
     from llmca_data.stats import tier_stats
@@ -70,6 +78,17 @@ def pipeline_cmd(
                 f"{result.skipped_episodes:>3} present, {result.seconds:5.1f} s"
             )
     record["collect"] = collected
+    annotated = []
+    for critic_id in config.critics:
+        critic = make_critic(critic_id)
+        with progress_bar(f"annotate {critic_id}", "episodes") as update:
+            result = annotate(dataset, critic, workers=config.workers, progress=update)
+        annotated.append(asdict(result))
+        console.print(
+            f"annotated {critic_id:<15} {result.episodes:>4} episodes, {result.skipped:>4} done before, "
+            f"{result.failed} failed, {result.seconds:5.1f} s"
+        )
+    record["annotate"] = annotated
     report = validate(dataset)
     record["validate"] = {"ok": report.ok, "problems": [str(p) for p in report.problems], "files": report.files}
     for problem in report.problems:
@@ -89,6 +108,13 @@ def pipeline_cmd(
             f"{r['success_rate']:.0%}",
         )  # fmt: skip
     console.print(table)
+    evals = {}
+    for critic_id, reference in config.comparisons:
+        rows = critic_eval(dataset, critic_id, reference)
+        evals[f"{critic_id} vs {reference}"] = rows
+        console.print(critic_eval_table([r for r in rows if r["tier"] == "all"], f"{critic_id} vs {reference}"))
+    record["critic_eval"] = evals
+    (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     console.print(f"dataset: {dataset} ({'valid' if report.ok else 'INVALID'})")
     console.print(f"report:  {out / 'pipeline.json'}  ({record['seconds']:.0f} s)")
     if not report.ok:

@@ -30,7 +30,7 @@ COUNTS = [
     "spearman_steps",
     "constant_steps",
     "mae_steps",
-    "zero_sum_steps",
+    "unscaled_steps",
     "episode_pairs",
     "episodes",
     "episodes_covered",

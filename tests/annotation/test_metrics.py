@@ -44,7 +44,8 @@ def test_sign_flipped_critic() -> None:
     assert s.sign_agreement == 0.0
     assert s.top_agent_accuracy == 0.0  # the reference's top is the flipped critic's bottom
     assert s.spearman == -1.0
-    assert s.mae_scaled == 0.0  # scaling by Σref/Σc = −1 restores the reference exactly
+    assert s.mae_scaled is not None and s.mae_scaled > 0  # a negative factor is never used to rescue it
+    assert s.unscaled_steps == s.mae_steps
 
 
 def test_sign_dead_zone_and_pairs() -> None:
@@ -112,10 +113,10 @@ def test_mae_scaled() -> None:
     assert score([[1.0, 1.0]], [[1.0, 3.0]]).mae_scaled == 1.0  # scaled ×2 to (2, 2)
     assert score([[2.0, 6.0]], [[1.0, 3.0]]).mae_scaled == 0.0  # a multiple of the reference
     zero = score([[1.0, -1.0]], [[2.0, 0.0]])  # zero-sum critic: compared unscaled
-    assert zero.mae_scaled == 1.0 and zero.zero_sum_steps == 1
+    assert zero.mae_scaled == 1.0 and zero.unscaled_steps == 1
     both = score([[1.0, -1.0], [1.0, 1.0], [0.0, 0.0]], [[2.0, 0.0], [1.0, 1.0], [1.0, 1.0]])
     assert both.mae_scaled == pytest.approx((1.0 + 0.0 + 1.0) / 3)
-    assert (both.mae_steps, both.zero_sum_steps) == (3, 2)
+    assert (both.mae_steps, both.unscaled_steps) == (3, 2)
 
 
 def test_episode_totals_use_every_usable_step() -> None:
