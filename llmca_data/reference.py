@@ -24,7 +24,7 @@ REFERENCE_EPISODES = 200
 REFERENCE_RETURNS: dict[str, dict[str, float]] = {
     "lbf-8x8-2p-2f": {"random": 0.2409, "expert": 1.0},
     "lbf-8x8-2p-2f-coop": {"random": 0.0175, "expert": 1.0},
-    "lbf-10x10-3p-3f": {"random": 0.1285, "expert": 1.0},
+    "lbf-10x10-3p-3f": {"random": 0.1302, "expert": 1.0},
     "rware-tiny-2ag": {"random": 0.055, "expert": 30.3},
     "rware-small-4ag": {"random": 0.06, "expert": 42.02},
     "spaceworld-10x10-3a": {"random": 0.1338, "expert": 0.9938},
