@@ -46,6 +46,12 @@ def shapley_exact(values: np.ndarray) -> np.ndarray:
     return phi
 
 
+def efficient_credits(phi: np.ndarray, v_empty: float) -> np.ndarray:
+    """Shapley values shifted by v(∅)/N each, so the credits sum to v(all) (the step's team reward)."""
+    out: np.ndarray = phi + v_empty / phi.shape[0]
+    return out
+
+
 def shapley_sampled(n: int, value: Callable[[int], float], samples: int, rng: np.random.Generator) -> np.ndarray:
     """Shapley values estimated from ``samples`` random orders; each order's contributions sum exactly
     to v(all) − v(∅), so the estimate is efficient too."""
@@ -106,7 +112,7 @@ class ShapleyCritic:
                 rng = np.random.default_rng([self.seed, episode.seed, t])
                 phi = shapley_sampled(n, value, self.samples, rng)
             empty = value(0)
-            credits[t] = phi + empty / n
+            credits[t] = efficient_credits(phi, empty)
             if empty != 0.0:
                 v_empty[t] = empty
         raw = json.dumps({"v_empty": v_empty}) if v_empty else ""
