@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import cache
 from math import factorial
 from typing import Any
 
@@ -31,18 +32,27 @@ from .critic import CriticOutput
 MAX_EXACT_AGENTS = 4
 
 
+@cache
+def _shapley_matrix(n: int) -> np.ndarray:
+    """``M`` with ``φ = M @ v`` for coalition values ``v[mask]``: row i holds i's marginal-contribution weights."""
+    m = np.zeros((n, 1 << n), np.float64)  # [N, 2^N]
+    for mask in range(1 << n):
+        size = bin(mask).count("1")
+        for i in range(n):
+            if not (mask >> i) & 1:
+                w = factorial(size) * factorial(n - size - 1) / factorial(n)
+                m[i, mask | (1 << i)] += w
+                m[i, mask] -= w
+    m.flags.writeable = False
+    return m
+
+
 def shapley_exact(values: np.ndarray) -> np.ndarray:
     """Exact Shapley values from ``values[mask]`` = v(coalition ``mask``), ``len(values) == 2^N``."""
     n = int(values.shape[0]).bit_length() - 1
     if values.shape[0] != 1 << n:
         raise ValueError(f"need 2^N coalition values, got {values.shape[0]}")
-    masks = np.arange(1 << n)  # [2^N]
-    size = np.array([bin(m).count("1") for m in masks])  # [2^N]
-    weight = np.array([factorial(s) * factorial(n - s - 1) / factorial(n) if s < n else 0.0 for s in size])
-    phi = np.zeros(n, np.float64)  # [N]
-    for i in range(n):
-        without = masks[(masks >> i) & 1 == 0]
-        phi[i] = np.sum(weight[without] * (values[without | (1 << i)] - values[without]))
+    phi: np.ndarray = _shapley_matrix(n) @ values  # [N]
     return phi
 
 
