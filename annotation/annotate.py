@@ -77,6 +77,10 @@ def _run_chunk(critic: Critic, spec_kwargs: dict[str, Any], episodes: list[Episo
     if critic.needs_env and episodes:
         key = json.dumps([episodes[0].env_id, spec_kwargs], sort_keys=True)
         env = _ENVS.get(key) or _ENVS.setdefault(key, make_env(episodes[0].env_id, **spec_kwargs))
+    batch = getattr(critic, "annotate_batch", None)
+    if batch is not None:  # critics with their own concurrency (the LLM critic) take the whole list
+        outputs: list[CriticOutput] = batch(episodes, env)
+        return outputs
     return [critic.annotate(e, env) for e in episodes]
 
 
@@ -88,16 +92,22 @@ def annotate(
     tiers: tuple[str, ...] = (),
     workers: int = 1,
     force: bool = False,
+    limit: int = 0,
     chunk_episodes: int = 8,
     progress: Progress | None = None,
 ) -> AnnotateResult:
-    """Annotate the dataset at ``root`` with ``critic`` (see the module docstring)."""
+    """Annotate the dataset at ``root`` with ``critic`` (see the module docstring).
+
+    ``limit`` > 0 keeps the first ``limit`` episodes of each env (in episode-id order, within the
+    ``tiers`` filter), so the same command always touches the same episodes. Critics with an
+    ``annotate_batch(episodes, env)`` method get all episodes of a shard at once, in this process.
+    """
     started = time.perf_counter()
     column = credit_column(critic.critic_id)
     with DatasetLock(root):
         manifest = Manifest.load(root)
         info = load_info(root)
-        plan = _plan(root, manifest, column, envs, tiers, force)
+        plan = _plan(root, manifest, column, envs, tiers, force, limit)
         total = int(sum(w.todo.size for w in plan))
         _record_critic(root, info, critic)
         done = failed = steps = env_steps = 0
@@ -105,14 +115,16 @@ def annotate(
         if progress:
             progress(0, total)
         ctx = multiprocessing.get_context("spawn")
-        pool = ProcessPoolExecutor(workers, mp_context=ctx) if workers > 1 else None
+        batched = hasattr(critic, "annotate_batch")
+        pool = ProcessPoolExecutor(workers, mp_context=ctx) if workers > 1 and not batched else None
         try:
             for work in plan:
                 if work.todo.size == 0:
                     continue
                 spec = spec_from_info(info["envs"][work.shard.env_id])
                 steps_table, episodes = _load_episodes(root, manifest, work, spec)
-                chunks = [episodes[k : k + chunk_episodes] for k in range(0, len(episodes), chunk_episodes)]
+                size = len(episodes) if batched else chunk_episodes
+                chunks = [episodes[k : k + size] for k in range(0, len(episodes), size)]
                 outputs: list[CriticOutput] = []
                 if pool is None:
                     for chunk in chunks:
@@ -138,6 +150,9 @@ def annotate(
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
+            close = getattr(critic, "close", None)
+            if close is not None:
+                close()
     skipped = int(sum(w.skipped for w in plan))
     return AnnotateResult(
         critic.critic_id, done, skipped, failed, steps, env_steps, shards, time.perf_counter() - started
@@ -145,18 +160,39 @@ def annotate(
 
 
 def _plan(
-    root: Path, manifest: Manifest, column: str, envs: tuple[str, ...], tiers: tuple[str, ...], force: bool
+    root: Path,
+    manifest: Manifest,
+    column: str,
+    envs: tuple[str, ...],
+    tiers: tuple[str, ...],
+    force: bool,
+    limit: int = 0,
 ) -> list[_Work]:
     present = sorted({n.env_id for n in manifest.shards(kind="steps")})
     unknown = [e for e in envs if e not in present]
     if unknown:
         raise ValueError(f"{root} has no env {', '.join(unknown)}; it holds {', '.join(present) or 'nothing'}")
     plan = []
-    for name in manifest.shards(kind="steps"):
-        if (envs and name.env_id not in envs) or (tiers and name.tier not in tiers):
-            continue
+    names = [
+        n
+        for n in manifest.shards(kind="steps")
+        if not ((envs and n.env_id not in envs) or (tiers and n.tier not in tiers))
+    ]
+    allowed: dict[str, np.ndarray] = {}
+    if limit > 0:
+        for env_id in sorted({n.env_id for n in names}):
+            ids = [
+                read_shard(root / str(n), ["episode_id"]).column("episode_id").to_numpy()
+                for n in names
+                if n.env_id == env_id
+            ]
+            allowed[env_id] = np.unique(np.concatenate(ids))[:limit]
+    for name in names:
         table = read_shard(root / str(name), ["episode_id", *([column] if column in _columns(root, name) else [])])
         ids = table.column("episode_id").to_numpy()
+        if limit > 0:
+            keep = np.isin(ids, allowed[name.env_id])
+            table, ids = table.filter(pa.array(keep)), ids[keep]
         if column not in table.column_names or force:
             todo = np.unique(ids)
         else:
@@ -229,6 +265,8 @@ def _write_credits(
         )
     else:
         steps = steps.append_column(pa.field(column, fsl(pa.float32(), n), nullable=False), array)
+    if any(o.tasks is not None for o in outputs):
+        steps = _with_tasks(steps, critic.critic_id, n, ids, episodes, outputs)
     commit.write(str(shard), steps)
 
     rows = annotation_rows(critic, episodes, outputs, spec)
@@ -242,6 +280,30 @@ def _write_credits(
         )
         rows = pa.concat_tables([old.filter(pc.invert(replaced)).cast(rows.schema), rows])
     commit.write(str(ann_name), rows.sort_by([("episode_id", "ascending"), ("critic", "ascending")]))
+
+
+def task_column(critic_id: str) -> str:
+    """Column of a critic's task assignments: ``llm-taca`` → ``task_llm_taca``."""
+    return "task_" + critic_id.replace("-", "_")
+
+
+def _with_tasks(
+    steps: pa.Table, critic_id: str, n: int, ids: np.ndarray, episodes: list[Episode], outputs: list[CriticOutput]
+) -> pa.Table:
+    """Set the ``[N] int16`` task column (−1 where no task was assigned or the critic failed)."""
+    column = task_column(critic_id)
+    if column in steps.column_names:
+        tasks = from_fsl(steps.column(column), (n,)).astype(np.int16)  # [M, N]
+    else:
+        tasks = np.full((steps.num_rows, n), -1, np.int16)  # [M, N]
+    for episode, out in zip(episodes, outputs, strict=True):
+        lo = int(np.searchsorted(ids, episode.episode_id, "left"))
+        tasks[lo : lo + episode.length] = -1 if out.tasks is None else out.tasks
+    field = pa.field(column, fsl(pa.int16(), n), nullable=False)
+    array = to_fsl(tasks, pa.int16())
+    if column in steps.column_names:
+        return steps.set_column(steps.schema.get_field_index(column), field, array)
+    return steps.append_column(field, array)
 
 
 def annotation_rows(critic: Critic, episodes: list[Episode], outputs: list[CriticOutput], spec: EnvSpec) -> pa.Table:

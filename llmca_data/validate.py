@@ -133,10 +133,11 @@ def _check_file(root: Path, rel: str, manifest: Manifest, report: ValidationRepo
 def _check_schema(rel: str, table: pa.Table, spec: EnvSpec, kind: str, report: ValidationReport) -> bool:
     expected = {"steps": steps_schema, "episodes": episodes_schema, "annotations": annotations_schema}[kind](spec)
     problem = schema_mismatch(table.schema, expected)
-    credit_type = fsl(pa.float32(), spec.n_agents)
+    expected_types = {"credit_": fsl(pa.float32(), spec.n_agents), "task_": fsl(pa.int16(), spec.n_agents)}
     for f in table.schema:
-        if f.name.startswith("credit_") and f.type != credit_type:
-            problem = (problem + "; " if problem else "") + f"{f.name}: {f.type} (expected {credit_type})"
+        for prefix, want in expected_types.items():
+            if f.name.startswith(prefix) and f.type != want:
+                problem = (problem + "; " if problem else "") + f"{f.name}: {f.type} (expected {want})"
     if problem:
         report.add(rel, f"wrong schema for {spec.env_id} {kind}: {problem}")
     return problem is None
