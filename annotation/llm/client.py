@@ -1,0 +1,348 @@
+"""Async client of any OpenAI-compatible chat-completions endpoint, with our own retries.
+
+Input: chat messages (``[{"role": ..., "content": ...}]``) and request options
+(``max_tokens``, ``temperature``, ``response_format``, ``extra_body`` such as a llama.cpp
+``grammar``, ``seed``). Output: a :class:`Completion` with the reply text, the finish
+reason, token counts, latency, total seconds, attempts and cost.
+
+The SDK's own retries are off. We retry HTTP 408, 409, 429 and ≥ 500, timeouts and
+connection errors with exponential backoff plus jitter, honour ``Retry-After`` (capped by
+``max_backoff_s``), and never spend more than ``total_retry_s`` on one request: when the
+next wait would cross that cap we stop at once with :class:`LLMRequestError`. Other 4xx
+statuses fail at once. Concurrency is bounded by a semaphore; a request holds its slot
+through its retries, and its clock starts once it holds the slot. One client serves one
+event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, cast
+
+import openai
+
+from llmca_data.errors import LlmcaError
+
+logger = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429})
+"""4xx statuses worth retrying (every status ≥ 500 is retried too)."""
+
+DEFAULT_API_KEY = "not-needed"
+"""The key sent when the key variable is unset (local servers ignore it)."""
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Where and how to send requests. Holds no secret: the key is read from the environment."""
+
+    base_url: str
+    """OpenAI-compatible base URL, ending in ``/v1`` (e.g. ``http://127.0.0.1:8080/v1``)."""
+    model: str
+    """Model id sent with every request (as listed by ``GET {base_url}/models``)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the key, read when the client is created."""
+    timeout_s: float = 120.0
+    """Timeout of one HTTP attempt, in seconds."""
+    max_retries: int = 4
+    """Retries after the first attempt (so at most ``max_retries + 1`` requests)."""
+    backoff_s: float = 1.0
+    """First retry wait; the k-th retry waits ``min(max_backoff_s, backoff_s * 2**k)`` plus jitter."""
+    max_backoff_s: float = 30.0
+    """Cap on one wait, ``Retry-After`` included."""
+    total_retry_s: float = 300.0
+    """Cap on the total time of one request with its retries; no wait may cross it."""
+    concurrency: int = 1
+    """Requests in flight at once (1 for the local llama.cpp server)."""
+    price_in: float = 0.0
+    """USD per 1M prompt tokens, for the cost estimate."""
+    price_out: float = 0.0
+    """USD per 1M completion tokens, for the cost estimate."""
+
+    def __post_init__(self) -> None:
+        if not self.base_url:
+            raise ValueError("ClientConfig.base_url is empty; pass --base-url, e.g. http://127.0.0.1:8080/v1")
+        if not self.model:
+            raise ValueError("ClientConfig.model is empty; pass --model (see GET {base_url}/models)")
+        if self.concurrency < 1:
+            raise ValueError(f"ClientConfig.concurrency must be >= 1, got {self.concurrency}")
+        if self.max_retries < 0:
+            raise ValueError(f"ClientConfig.max_retries must be >= 0, got {self.max_retries}")
+        for name in ("timeout_s", "backoff_s", "max_backoff_s", "total_retry_s", "price_in", "price_out"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0 or (name == "timeout_s" and value == 0):
+                raise ValueError(f"ClientConfig.{name} must be a finite number >= 0 (timeout > 0), got {value}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON values (the variable's name, never the key)."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One successful chat completion."""
+
+    text: str
+    """The reply content ("" when the server sent none)."""
+    tokens_in: int
+    """Prompt tokens reported by the server (0 when it reports no usage)."""
+    tokens_out: int
+    """Completion tokens reported by the server (0 when it reports no usage)."""
+    latency_s: float
+    """Seconds of the successful attempt."""
+    seconds: float
+    """Seconds of the whole request, retries and waits included."""
+    attempts: int
+    """HTTP requests sent (1 when the first succeeded)."""
+    finish_reason: str
+    """``stop``, ``length`` (cut at ``max_tokens``; the caller decides), or what the server said."""
+    cost_usd: float
+    """Estimated cost from the configured prices."""
+
+
+class LLMRequestError(LlmcaError, RuntimeError):
+    """A request failed: a non-retryable status, or retries exhausted or out of time."""
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds to wait from ``Retry-After-Ms`` or ``Retry-After`` (seconds or HTTP date).
+
+    Args:
+        headers: A mapping with case-insensitive ``get`` (e.g. ``httpx.Headers``) or None.
+
+    Returns:
+        Non-negative seconds, or None when absent or unparsable.
+    """
+    if headers is None:
+        return None
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            value = float(millis) / 1000.0
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value):
+            return max(0.0, value)
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        return max(0.0, when.timestamp() - time.time())
+    return max(0.0, value) if math.isfinite(value) else None
+
+
+def _server_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict) and body.get("message"):
+        text = str(body["message"])
+    elif isinstance(body, str | dict) and body:
+        text = str(body)
+    else:
+        text = exc.message
+    return text if len(text) <= 500 else text[:500] + "…"
+
+
+class LLMClient:
+    """Sends chat completions to one endpoint with bounded concurrency and our retries.
+
+    Args:
+        config: Endpoint, model, timeouts, retry policy, concurrency and prices.
+    """
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        api_key = os.environ.get(config.api_key_env) or DEFAULT_API_KEY
+        self._client = openai.AsyncOpenAI(
+            base_url=config.base_url, api_key=api_key, max_retries=0, timeout=config.timeout_s
+        )
+        self._semaphore: asyncio.Semaphore | None = None
+        self._semaphore_loop: asyncio.AbstractEventLoop | None = None
+        self._rng = random.Random()
+
+    async def __aenter__(self) -> LLMClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP connections."""
+        await self._client.close()
+
+    def _slot(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._semaphore is None or self._semaphore_loop is not loop:
+            self._semaphore = asyncio.Semaphore(self.config.concurrency)
+            self._semaphore_loop = loop
+        return self._semaphore
+
+    def _backoff(self, retry: int, retry_after: float | None) -> float:
+        cfg = self.config
+        base = retry_after if retry_after is not None else cfg.backoff_s * 2.0**retry
+        base = min(cfg.max_backoff_s, base)
+        return base + self._rng.uniform(0.0, 0.1 * min(cfg.backoff_s, cfg.max_backoff_s))
+
+    def _fail_fast(self, exc: openai.APIStatusError) -> LLMRequestError:
+        cfg = self.config
+        code = exc.status_code
+        if code in (401, 403):
+            fix = (
+                f"check that ${cfg.api_key_env} (OPENAI_API_KEY by default) holds a key that the server "
+                f"at {cfg.base_url} accepts"
+            )
+        elif code == 404:
+            fix = f"check --model {cfg.model!r} (GET {cfg.base_url}/models lists the served ids) and --base-url"
+        else:
+            fix = (
+                "check the server log and the response-format mode (e.g. llama.cpp answers json_schema with "
+                "an error; use json_object or grammar)"
+            )
+        return LLMRequestError(
+            f"LLM server at {cfg.base_url} rejected the request: HTTP {code}: {_server_message(exc)}; {fix}"
+        )
+
+    async def complete(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        response_format: dict[str, Any] | None = None,
+        extra_body: dict[str, Any] | None = None,
+        seed: int | None = None,
+    ) -> Completion:
+        """Send one chat completion, retrying transient failures.
+
+        Args:
+            messages: Chat messages, ``[{"role": "system"|"user"|..., "content": str}]``.
+            max_tokens: Cap on completion tokens.
+            temperature: Sampling temperature (0 for deterministic critics).
+            response_format: Sent as ``response_format`` when given (``json_object``, ``json_schema``).
+            extra_body: Extra top-level JSON fields (e.g. ``{"grammar": GBNF}`` for llama.cpp).
+            seed: Sampling seed, sent when given.
+
+        Returns:
+            The completion; ``finish_reason == "length"`` is returned as is.
+
+        Raises:
+            LLMRequestError: A non-retryable status, or retries exhausted or out of time.
+        """
+        cfg = self.config
+        async with self._slot():
+            start = time.monotonic()
+            attempt = 0
+            while True:
+                attempt += 1
+                elapsed = time.monotonic() - start
+                timeout = cfg.timeout_s if attempt == 1 else max(0.001, min(cfg.timeout_s, cfg.total_retry_s - elapsed))
+                t0 = time.monotonic()
+                retry_after: float | None = None
+                try:
+                    response = await self._client.chat.completions.create(
+                        model=cfg.model,
+                        messages=cast(Any, messages),
+                        max_tokens=max_tokens,
+                        temperature=temperature,
+                        response_format=cast(Any, response_format) if response_format is not None else openai.omit,
+                        seed=seed if seed is not None else openai.omit,
+                        extra_body=extra_body,
+                        timeout=timeout,
+                    )
+                except openai.APIStatusError as exc:
+                    if exc.status_code not in RETRYABLE_STATUSES and exc.status_code < 500:
+                        raise self._fail_fast(exc) from exc
+                    last_error = f"HTTP {exc.status_code}: {_server_message(exc)}"
+                    retry_after = parse_retry_after(exc.response.headers)
+                    cause: Exception = exc
+                except openai.APITimeoutError as exc:
+                    last_error = f"timed out after {timeout:.3g} s"
+                    cause = exc
+                except openai.APIConnectionError as exc:
+                    detail = f" ({exc.__cause__!r})" if exc.__cause__ is not None else ""
+                    last_error = f"connection error: {exc.message}{detail}"
+                    cause = exc
+                else:
+                    latency = time.monotonic() - t0
+                    return self._completion(response, latency, time.monotonic() - start, attempt)
+
+                where = f"LLM request to {cfg.base_url} (model {cfg.model!r})"
+                fix = (
+                    "check --base-url and that the server is up (see its log), or raise --timeout / lower --concurrency"
+                )
+                if attempt > cfg.max_retries:
+                    raise LLMRequestError(
+                        f"{where} failed after {attempt} attempts; last error: {last_error}; {fix}"
+                    ) from cause
+                delay = self._backoff(attempt - 1, retry_after)
+                spent = time.monotonic() - start
+                if spent + delay >= cfg.total_retry_s:
+                    raise LLMRequestError(
+                        f"{where} gave up after {attempt} attempts and {spent:.1f} s (total_retry_s="
+                        f"{cfg.total_retry_s:g}; next wait {delay:.1f} s); last error: {last_error}; {fix}"
+                    ) from cause
+                logger.warning(
+                    "%s failed (%s); retry %d/%d in %.2f s", where, last_error, attempt, cfg.max_retries, delay
+                )
+                await asyncio.sleep(delay)
+
+    def _completion(self, response: Any, latency: float, seconds: float, attempts: int) -> Completion:
+        choices = getattr(response, "choices", None)
+        if not choices:
+            raise LLMRequestError(
+                f"LLM server at {self.config.base_url} returned a reply without choices: {response!r:.300}; "
+                "check that --base-url points at an OpenAI-compatible /v1 endpoint"
+            )
+        choice = choices[0]
+        message = getattr(choice, "message", None)
+        text = getattr(message, "content", None) or ""
+        usage = getattr(response, "usage", None)
+        tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
+        tokens_out = int(getattr(usage, "completion_tokens", 0) or 0)
+        cost = (tokens_in * self.config.price_in + tokens_out * self.config.price_out) / 1e6
+        return Completion(
+            text=str(text),
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            latency_s=latency,
+            seconds=seconds,
+            attempts=attempts,
+            finish_reason=str(getattr(choice, "finish_reason", None) or ""),
+            cost_usd=cost,
+        )
+
+    async def list_models(self, timeout_s: float | None = None) -> list[str]:
+        """The model ids the server lists (one attempt; a readiness check polls it).
+
+        Args:
+            timeout_s: Timeout of this call; defaults to ``min(config.timeout_s, 10)``.
+
+        Raises:
+            LLMRequestError: The server is unreachable or answered with an error.
+        """
+        cfg = self.config
+        timeout = timeout_s if timeout_s is not None else min(cfg.timeout_s, 10.0)
+        try:
+            page = await self._client.models.list(timeout=timeout)
+        except openai.APIStatusError as exc:
+            raise self._fail_fast(exc) from exc
+        except openai.APIError as exc:
+            raise LLMRequestError(
+                f"LLM server at {cfg.base_url} did not answer GET /models: {exc.message}; "
+                "check --base-url and that the server is up (see its log)"
+            ) from exc
+        return [model.id for model in page.data]
