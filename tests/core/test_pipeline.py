@@ -29,8 +29,15 @@ def test_pipeline_runs_end_to_end_and_reruns_for_free(tmp_path: Path) -> None:
         assert expert > medium > random, env_id
     assert stats["rware-tiny-2ag", "expert"]["return_mean"] > 10  # the RWARE expert delivers
     assert stats["spaceworld-10x10-3a", "random"]["cost_mean"] > stats["spaceworld-10x10-3a", "expert"]["cost_mean"]
+    assert [a["critic_id"] for a in record["annotate"]] == ["uniform", "shapley", "counterfactual"]
+    assert all(a["failed"] == 0 for a in record["annotate"])
+    overall = record["critic_eval"]["counterfactual vs shapley"][-1]
+    assert (overall["env_id"], overall["tier"], overall["coverage"]) == ("all", "all", 1.0)
+    assert overall["sign_agreement"] > record["critic_eval"]["uniform vs shapley"][-1]["sign_agreement"]
+    assert "counterfactual vs shapley" in proc.stdout
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     rerun = json.loads((out / "pipeline.json").read_text())
     assert all(c["new_episodes"] == 0 for c in rerun["collect"])
+    assert all(a["episodes"] == 0 for a in rerun["annotate"])  # nothing recomputed
