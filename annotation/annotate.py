@@ -60,6 +60,9 @@ class AnnotateResult:
     """Env steps the critic simulated (re-simulating critics)."""
     shards: list[str]
     seconds: float
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,8 @@ def annotate(
         plan = _plan(root, manifest, column, envs, tiers, force, limit)
         total = int(sum(w.todo.size for w in plan))
         _record_critic(root, info, critic)
-        done = failed = steps = env_steps = 0
+        done = failed = steps = env_steps = tokens_in = tokens_out = 0
+        cost = 0.0
         shards: list[str] = []
         if progress:
             progress(0, total)
@@ -147,6 +151,9 @@ def annotate(
                 failed += sum(o.status == "failed" for o in outputs)
                 steps += sum(e.length for e in episodes)
                 env_steps += sum(int(o.extra.get("env_steps", 0)) for o in outputs)
+                tokens_in += sum(o.tokens_in for o in outputs)
+                tokens_out += sum(o.tokens_out for o in outputs)
+                cost += sum(o.cost_usd for o in outputs)
         finally:
             if pool is not None:
                 pool.shutdown(cancel_futures=True)
@@ -154,8 +161,9 @@ def annotate(
             if close is not None:
                 close()
     skipped = int(sum(w.skipped for w in plan))
+    seconds = time.perf_counter() - started
     return AnnotateResult(
-        critic.critic_id, done, skipped, failed, steps, env_steps, shards, time.perf_counter() - started
+        critic.critic_id, done, skipped, failed, steps, env_steps, shards, seconds, tokens_in, tokens_out, cost
     )
 
 
@@ -221,6 +229,25 @@ def _record_critic(root: Path, info: dict[str, Any], critic: Critic) -> None:
         "package_version": __version__,
     }
     write_json_atomic(root / INFO_PATH, info)
+
+
+def plan_episodes(
+    root: Path,
+    critic_id: str,
+    envs: tuple[str, ...] = (),
+    tiers: tuple[str, ...] = (),
+    force: bool = False,
+    limit: int = 0,
+) -> list[tuple[EnvSpec, list[Episode]]]:
+    """The episodes ``annotate`` would give ``critic_id``, per shard, without touching anything (dry runs)."""
+    manifest = Manifest.load(root)
+    info = load_info(root)
+    out = []
+    for work in _plan(root, manifest, credit_column(critic_id), envs, tiers, force, limit):
+        if work.todo.size:
+            spec = spec_from_info(info["envs"][work.shard.env_id])
+            out.append((spec, _load_episodes(root, manifest, work, spec)[1]))
+    return out
 
 
 def _load_episodes(root: Path, manifest: Manifest, work: _Work, spec: EnvSpec) -> tuple[pa.Table, list[Episode]]:

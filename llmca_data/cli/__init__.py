@@ -93,7 +93,9 @@ def collect_cmd(
 def annotate_cmd(
     directory: Path = typer.Argument(..., help="Dataset directory (from `llmca collect` or `llmca download`)."),
     critic: str = typer.Option(
-        None, "--critic", help="uniform | shapley | counterfactual (with --horizon H: counterfactual-h<H>)."
+        None,
+        "--critic",
+        help="llm-mca | llm-taca | uniform | shapley | counterfactual (with --horizon H: counterfactual-h<H>).",
     ),
     horizon: int = typer.Option(1, "--horizon", min=1, help="Counterfactual window: credit steps that lead to reward."),
     gamma: float = typer.Option(0.99, "--gamma", help="Discount over the counterfactual window."),
@@ -104,6 +106,26 @@ def annotate_cmd(
     force: bool = typer.Option(False, "--force", help="Recompute episodes that already have these credits."),
     from_file: Path = typer.Option(None, "--from-file", help="Import credits: Parquet with episode_id, t, credit."),
     critic_id: str = typer.Option(None, "--critic-id", help="Critic id for --from-file credits, e.g. my-critic."),
+    limit: int = typer.Option(0, "--limit", min=0, help="Only the first N episodes per env (episode-id order)."),
+    base_url: str = typer.Option("", "--base-url", help="LLM: OpenAI-compatible endpoint; default starts a local one."),
+    model: str = typer.Option("", "--model", help="LLM: model name (required with --base-url)."),
+    concurrency: int = typer.Option(1, "--concurrency", min=1, help="LLM: requests in flight."),
+    episodes_per_prompt: int = typer.Option(1, "--episodes-per-prompt", min=1, help="LLM: batch mode E."),
+    response_format: str = typer.Option(
+        "grammar", "--response-format", help="LLM: grammar | json_object | json_schema | none."
+    ),
+    max_tokens: int = typer.Option(0, "--max-tokens", min=0, help="LLM: reply budget (0 scales with T × N)."),
+    temperature: float = typer.Option(0.0, "--temperature", help="LLM: sampling temperature."),
+    max_window: int = typer.Option(30, "--max-window", min=2, help="LLM: most timesteps per request."),
+    team_reward: str = typer.Option("true", "--team-reward", help="LLM stress test: true | delayed | noisy."),
+    noise_std: float = typer.Option(0.0, "--noise-std", help="LLM: std of --team-reward noisy."),
+    timeout: float = typer.Option(300.0, "--timeout", help="LLM: seconds per request."),
+    max_cost: float = typer.Option(0.0, "--max-cost", min=0.0, help="LLM: stop before spending more USD (0: no cap)."),
+    price_in: float = typer.Option(0.0, "--price-in", help="LLM: USD per 1M prompt tokens."),
+    price_out: float = typer.Option(0.0, "--price-out", help="LLM: USD per 1M output tokens."),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="LLM: render every prompt, count requests and cost, send nothing."
+    ),
 ) -> None:
     """Add a critic's per-agent, per-step credits (column credit_<critic>) to every step of a dataset.
 
@@ -117,20 +139,47 @@ def annotate_cmd(
     if (from_file is None) == (critic is None) or (from_file is not None) != (critic_id is not None):
         raise typer.BadParameter("give either --critic ID, or --from-file FILE with --critic-id NAME")
     if from_file is not None:
-        chosen = ImportedCritic(critic_id, from_file)
+        chosen: Any = ImportedCritic(critic_id, from_file)
         chosen.check_coverage(directory, tuple(env), tuple(tier))
+    elif critic in ("llm-mca", "llm-taca"):
+        from llmca_data.annotation.llm.critic import LLMConfig, LLMCritic
+        from llmca_data.annotation.llm.critic import dry_run as llm_dry_run
+
+        config = LLMConfig(
+            critic=critic, base_url=base_url, model=model, response_format=response_format, temperature=temperature,
+            max_tokens=max_tokens, episodes_per_prompt=episodes_per_prompt, max_window=max_window,
+            team_reward=team_reward, noise_std=noise_std, concurrency=concurrency, timeout_s=timeout,
+            max_cost=max_cost, price_in=price_in, price_out=price_out,
+        )  # fmt: skip
+        chosen = LLMCritic(config)
+        if dry_run:
+            totals = llm_dry_run(directory, chosen, tuple(env), tuple(tier), limit, force)
+            console.print_json(json.dumps(totals))
+            return
     else:
         if horizon > 1 and critic == "counterfactual":
             critic = f"counterfactual-h{horizon}"
         chosen = make_critic(critic, horizon=horizon, gamma=gamma, samples=samples)
     with progress_bar(f"annotate {chosen.critic_id}", "episodes") as update:
         result = annotate(
-            directory, chosen, envs=tuple(env), tiers=tuple(tier), workers=workers, force=force, progress=update
+            directory,
+            chosen,
+            envs=tuple(env),
+            tiers=tuple(tier),
+            workers=workers,
+            force=force,
+            limit=limit,
+            progress=update,
         )
     console.print(
         f"{chosen.critic_id}: {result.episodes} episodes annotated ({result.steps} steps, {result.failed} failed), "
         f"{result.skipped} already done, {len(result.shards)} shards rewritten, {result.seconds:.1f} s"
     )
+    if result.tokens_in or result.tokens_out:
+        console.print(
+            f"tokens: {result.tokens_in} in, {result.tokens_out} out; cost {result.cost_usd:.4f} USD; "
+            f"{result.seconds / max(1, result.episodes):.1f} s per episode"
+        )
     if result.failed:
         err_console.print(
             "[yellow]failed episodes have NaN credits; see their annotations rows (status, error)[/yellow]"

@@ -1,0 +1,374 @@
+"""The LLM critic: LLM-MCA (credits) and LLM-TACA (credits and tasks), batched and cached.
+
+Input: stored episodes (replayed to get the env's ``describe()`` before every step) and an
+``LLMConfig``. Output: one ``CriticOutput`` per episode: credits ``[T, N]`` (NaN when the
+episode failed), tasks ``[T, N]`` for TACA, a rationale per agent, a summary, tokens,
+latency, cost and the raw replies.
+
+Each request is keyed by (model, prompt version, sampling parameters, messages) and looked
+up in the ``ReplyCache`` first; the embedded llama.cpp server is started only when some
+request is not cached. A reply that fails validation gets one corrective retry quoting the
+error; an episode whose reply is still invalid, or whose request failed after our retries,
+gets status ``failed`` and NaN credits. Long episodes are split into windows of at most
+``max_window`` steps; ``episodes_per_prompt`` > 1 puts several single-window episodes in one
+prompt (batch mode). ``max_cost`` stops sending once the next request could pass the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmca_data.envs.base import MultiAgentEnv
+from llmca_data.errors import ReplayMismatchError
+from llmca_data.rollout import Episode, replay_iter
+
+from ..critic import CriticOutput
+from .cache import CachedReply, ReplyCache, request_key
+from .client import ClientConfig, LLMClient, LLMRequestError
+from .prompt import (
+    build_messages,
+    estimate_tokens,
+    max_tokens_for,
+    n_task_targets,
+    prompt_version,
+    render_episode,
+    windows,
+)
+from .reply import ReplyError, parse_reply, reply_grammar, reply_json_schema
+from .server import LocalLLMServer, LocalServerConfig
+
+log = logging.getLogger(__name__)
+
+RESPONSE_FORMATS = ("grammar", "json_object", "json_schema", "none")
+TEAM_REWARDS = ("true", "delayed", "noisy")
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """Everything that determines the LLM critic's requests (saved with every annotation)."""
+
+    critic: str = "llm-mca"
+    """``llm-mca`` (credits) or ``llm-taca`` (credits and one task per agent per step)."""
+    base_url: str = ""
+    """An OpenAI-compatible endpoint; empty starts the embedded llama.cpp server."""
+    model: str = ""
+    """The model name sent with requests; empty = the embedded server's alias."""
+    response_format: str = "grammar"
+    """grammar (llama.cpp GBNF), json_object (+schema, llama-cpp-python), json_schema (OpenAI), none."""
+    temperature: float = 0.0
+    max_tokens: int = 0
+    """0 scales the budget with T × N."""
+    episodes_per_prompt: int = 1
+    max_window: int = 30
+    """Most timesteps in one request; longer episodes are split into windows."""
+    team_reward: str = "true"
+    """true, or a stress variant: delayed (all reward at the last step) or noisy (+ Gaussian noise)."""
+    noise_std: float = 0.0
+    noise_seed: int = 0
+    concurrency: int = 1
+    timeout_s: float = 120.0
+    max_retries: int = 4
+    max_cost: float = 0.0
+    """USD budget for this run (0 = unlimited); needs prices to mean anything."""
+    price_in: float = 0.0
+    price_out: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.critic not in ("llm-mca", "llm-taca"):
+            raise ValueError(f"critic must be llm-mca or llm-taca, got {self.critic!r}")
+        if self.response_format not in RESPONSE_FORMATS:
+            raise ValueError(f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}")
+        if self.team_reward not in TEAM_REWARDS:
+            raise ValueError(f"--team-reward must be one of {', '.join(TEAM_REWARDS)}")
+
+    @property
+    def critic_id(self) -> str:
+        return self.critic if self.team_reward == "true" else f"{self.critic}-{self.team_reward}"
+
+    @property
+    def with_tasks(self) -> bool:
+        return self.critic == "llm-taca"
+
+
+@dataclass
+class _Item:
+    episode: Episode
+    t0: int
+    t1: int
+    first: dict[str, Any]
+    """``describe()`` at the episode's start (object counts for TACA's task range)."""
+    rendered: Any = None
+
+
+@dataclass
+class _Request:
+    env_id: str
+    items: list[_Item]
+    messages: list[dict[str, str]]
+    max_tokens: int
+    options: dict[str, Any]
+    key: str
+    prompt_version: str
+    n_tasks: int | None
+    result: dict[int, Any] = field(default_factory=dict)
+
+
+class LLMCritic:
+    """The ``Critic`` for ``llm-mca`` / ``llm-taca`` (and their stress variants)."""
+
+    needs_env = True
+
+    def __init__(self, config: LLMConfig, cache: ReplyCache | None = None) -> None:
+        self.config = config
+        self.critic_id = config.critic_id
+        self.cache = cache or ReplyCache()
+        self._server: LocalLLMServer | None = None
+        self._embedded = None if config.base_url else LocalLLMServer(LocalServerConfig())
+        self.model = config.model or (self._embedded.model if self._embedded else "")
+        if not self.model:
+            raise ValueError("--model is required with --base-url")
+        self.spent_usd = 0.0
+        self.requests_sent = 0
+
+    def params(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "llm", **asdict(self.config), "model": self.model}
+        out["base_url"] = self.config.base_url or "embedded"
+        if self._embedded is not None:
+            out["server"] = self._embedded.provenance()
+        return out
+
+    # ------------------------------------------------------------------ planning
+
+    def plan(self, episodes: list[Episode], env: MultiAgentEnv) -> tuple[list[_Request], dict[int, str]]:
+        """Render every request for ``episodes``; episodes that cannot be replayed are returned as errors."""
+        cfg, spec = self.config, env.spec
+        errors: dict[int, str] = {}
+        single: list[_Item] = []
+        requests: list[_Request] = []
+        for episode in episodes:
+            try:
+                describes = [live.describe() for _, live in replay_iter(episode, env)]
+            except ReplayMismatchError as exc:
+                errors[episode.episode_id] = str(exc)
+                continue
+            reward = episode.reward_team  # [T]
+            spans = windows(episode.length, cfg.max_window)
+            for t0, t1 in spans:
+                item = _Item(episode, t0, t1, describes[0])
+                item.rendered = render_episode(
+                    spec.env_id, describes[t0:t1], episode.action[t0:t1], reward[t0:t1],
+                    episode_id=episode.episode_id, t0=t0, team_reward=cfg.team_reward, noise_std=cfg.noise_std,
+                    noise_seed=cfg.noise_seed, reward_episode=reward,
+                )  # fmt: skip
+                if len(spans) == 1 and cfg.episodes_per_prompt > 1:
+                    single.append(item)
+                else:
+                    requests.append(self._request(spec.env_id, spec.agent_ids, [item]))
+        for k in range(0, len(single), cfg.episodes_per_prompt):
+            requests.append(self._request(spec.env_id, spec.agent_ids, single[k : k + cfg.episodes_per_prompt]))
+        return requests, errors
+
+    def _request(self, env_id: str, agent_ids: tuple[str, ...], items: list[_Item]) -> _Request:
+        cfg = self.config
+        n_tasks = n_task_targets(items[0].first) if cfg.with_tasks else None
+        version = prompt_version(env_id, cfg.critic)
+        messages = build_messages(env_id, cfg.critic, [i.rendered for i in items], agent_ids, n_tasks)
+        spans = [(i.episode.episode_id, i.t1 - i.t0) for i in items]
+        max_tokens = cfg.max_tokens or max_tokens_for(len(agent_ids), [n for _, n in spans], cfg.with_tasks)
+        options: dict[str, Any] = {}
+        if cfg.response_format == "grammar":
+            options["extra_body"] = {"grammar": reply_grammar(agent_ids, spans, cfg.with_tasks, n_tasks)}
+        elif cfg.response_format == "json_object":
+            schema = reply_json_schema(agent_ids, spans, cfg.with_tasks, n_tasks)
+            options["response_format"] = {"type": "json_object", "schema": schema}
+        elif cfg.response_format == "json_schema":
+            schema = reply_json_schema(agent_ids, spans, cfg.with_tasks, n_tasks)
+            options["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": "credits", "schema": schema, "strict": True},
+            }
+        sampling = {"temperature": cfg.temperature, "max_tokens": max_tokens, "seed": cfg.seed, **options}
+        key = request_key(self.model, version, sampling, messages)
+        return _Request(env_id, items, messages, max_tokens, options, key, version, n_tasks)
+
+    def estimate(self, requests: list[_Request]) -> dict[str, float]:
+        """Requests, prompt tokens (estimated), cached requests and the cost estimate of ``requests``."""
+        tokens_in = sum(estimate_tokens("".join(m["content"] for m in r.messages)) for r in requests)
+        tokens_out = sum(r.max_tokens for r in requests)
+        cached = sum(self.cache.get(r.key) is not None for r in requests)
+        cost = (tokens_in * self.config.price_in + tokens_out * self.config.price_out) / 1e6
+        return {"requests": len(requests), "cached": cached, "prompt_tokens": tokens_in,
+                "max_output_tokens": tokens_out, "estimated_cost_usd": cost}  # fmt: skip
+
+    # ------------------------------------------------------------------ running
+
+    def annotate(self, episode: Episode, env: MultiAgentEnv | None) -> CriticOutput:
+        return self.annotate_batch([episode], env)[0]
+
+    def annotate_batch(self, episodes: list[Episode], env: MultiAgentEnv | None) -> list[CriticOutput]:
+        assert env is not None, "the LLM critic replays episodes to describe them: pass an env"
+        requests, errors = self.plan(episodes, env)
+        if any(self.cache.get(r.key) is None for r in requests):
+            self._ensure_server()
+        asyncio.run(self._run_all(requests))
+        return [self._assemble(e, env.spec.n_agents, requests, errors) for e in episodes]
+
+    def _ensure_server(self) -> None:
+        if self._embedded is not None and self._server is None:
+            self._embedded.start()
+            self._server = self._embedded
+
+    def close(self) -> None:
+        """Stop the embedded server, if this critic started one."""
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    def _client(self) -> LLMClient:
+        cfg = self.config
+        base_url = cfg.base_url or (self._embedded.base_url if self._embedded else "")
+        return LLMClient(
+            ClientConfig(
+                base_url=base_url, model=self.model, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
+                concurrency=cfg.concurrency, price_in=cfg.price_in, price_out=cfg.price_out,
+            )
+        )  # fmt: skip
+
+    async def _run_all(self, requests: list[_Request]) -> None:
+        client = self._client()
+        try:
+            await asyncio.gather(*(self._run(client, r) for r in requests))
+        finally:
+            await client.aclose()
+
+    async def _ask(self, client: LLMClient, request: _Request, messages: list[dict[str, str]]) -> CachedReply:
+        """One completion for ``messages``: from the cache, else from the server (then cached)."""
+        sampling = {"temperature": self.config.temperature, "max_tokens": request.max_tokens, "seed": self.config.seed}
+        key = request.key if messages is request.messages else request_key(
+            self.model, request.prompt_version, {**sampling, **request.options}, messages
+        )  # fmt: skip
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        estimate = (estimate_tokens("".join(m["content"] for m in messages)) * self.config.price_in
+                    + request.max_tokens * self.config.price_out) / 1e6  # fmt: skip
+        if self.config.max_cost and self.spent_usd + estimate > self.config.max_cost:
+            raise LLMRequestError(
+                f"not sent: --max-cost {self.config.max_cost} USD would be exceeded; rerun with a larger budget"
+            )
+        self.spent_usd += estimate  # reserve; corrected below
+        completion = await client.complete(
+            messages, max_tokens=request.max_tokens, temperature=self.config.temperature, seed=self.config.seed,
+            response_format=request.options.get("response_format"), extra_body=request.options.get("extra_body"),
+        )  # fmt: skip
+        self.spent_usd += completion.cost_usd - estimate
+        self.requests_sent += 1
+        reply = CachedReply(completion.text, completion.tokens_in, completion.tokens_out, completion.latency_s,
+                            completion.cost_usd, completion.finish_reason)  # fmt: skip
+        self.cache.put(key, self.model, request.prompt_version, reply)
+        return reply
+
+    async def _run(self, client: LLMClient, request: _Request) -> None:
+        spans = [(i.episode.episode_id, i.t1 - i.t0) for i in request.items]
+        ids = [f"agent_{k}" for k in range(request.items[0].episode.action.shape[1])]
+        replies: list[CachedReply] = []
+        error, parsed, repaired = "", None, False
+        try:
+            replies.append(await self._ask(client, request, request.messages))
+            try:
+                parsed, repaired = parse_reply(replies[0].text, agent_ids=ids, episodes=spans,
+                                               with_tasks=self.config.with_tasks, n_tasks=request.n_tasks)  # fmt: skip
+            except ReplyError as exc:
+                retry = [*request.messages, {"role": "assistant", "content": replies[0].text},
+                         {"role": "user", "content": f"That reply was invalid: {exc}. Answer again with only the "
+                                                     "corrected JSON object."}]  # fmt: skip
+                replies.append(await self._ask(client, request, retry))
+                parsed, _ = parse_reply(replies[1].text, agent_ids=ids, episodes=spans,
+                                        with_tasks=self.config.with_tasks, n_tasks=request.n_tasks)  # fmt: skip
+                repaired = True
+        except (ReplyError, LLMRequestError) as exc:
+            error = str(exc)
+        share = 1.0 / len(request.items)
+        for k in range(len(request.items)):
+            request.result[k] = {
+                "reply": parsed[k] if parsed is not None else None,
+                "repaired": repaired,
+                "error": error,
+                "tokens_in": int(sum(r.tokens_in for r in replies) * share),
+                "tokens_out": int(sum(r.tokens_out for r in replies) * share),
+                "latency_s": sum(r.latency_s for r in replies) * share,
+                "cost_usd": sum(r.cost_usd for r in replies) * share,
+                "raw": replies[-1].text if replies else "",
+            }
+
+    def _assemble(self, episode: Episode, n: int, requests: list[_Request], errors: dict[int, str]) -> CriticOutput:
+        if episode.episode_id in errors:
+            return CriticOutput.failed(episode.length, n, errors[episode.episode_id])
+        parts = sorted(
+            ((item.t0, item.t1, r, r.result[k]) for r in requests for k, item in enumerate(r.items)
+             if item.episode is episode),
+            key=lambda p: p[0],
+        )  # fmt: skip
+        credits = np.full((episode.length, n), np.nan, np.float32)  # [T, N]
+        tasks = np.full((episode.length, n), -1, np.int16) if self.config.with_tasks else None  # [T, N]
+        rationale = [[] for _ in range(n)]  # type: list[list[str]]
+        summaries, raw, errs = [], [], []
+        for t0, t1, _, res in parts:
+            raw.append(res["raw"])
+            if res["reply"] is None:
+                errs.append(f"steps {t0}-{t1 - 1}: {res['error']}")
+                continue
+            for i, agent in enumerate(res["reply"].agents):
+                credits[t0:t1, i] = agent.credits
+                if tasks is not None and agent.tasks is not None:
+                    tasks[t0:t1, i] = agent.tasks
+                rationale[i].append(agent.rationale if len(parts) == 1 else f"[{t0}-{t1 - 1}] {agent.rationale}")
+            summaries.append(res["reply"].summary)
+        failed = bool(errs)
+        if failed:
+            credits[:] = np.nan  # never a partial episode: a failed window fails the episode
+        return CriticOutput(
+            credits=credits,
+            status="failed" if failed else ("repaired" if any(p[3]["repaired"] for p in parts) else "ok"),
+            error="; ".join(errs),
+            rationale=[" ".join(r) for r in rationale],
+            summary=" ".join(summaries),
+            tasks=None if failed else tasks,
+            model=self.model,
+            prompt_version=parts[0][2].prompt_version if parts else "",
+            tokens_in=sum(p[3]["tokens_in"] for p in parts),
+            tokens_out=sum(p[3]["tokens_out"] for p in parts),
+            latency_s=sum(p[3]["latency_s"] for p in parts),
+            cost_usd=sum(p[3]["cost_usd"] for p in parts),
+            raw_response="\n---\n".join(raw),
+        )
+
+
+def dry_run(
+    root: Path,
+    critic: LLMCritic,
+    envs: tuple[str, ...] = (),
+    tiers: tuple[str, ...] = (),
+    limit: int = 0,
+    force: bool = False,
+) -> dict[str, float]:
+    """What ``annotate`` would send: requests, cached ones, prompt tokens and cost; sends nothing."""
+    from llmca_data.envs import make_env
+
+    from ..annotate import plan_episodes
+
+    totals: dict[str, float] = {"episodes": 0, "requests": 0, "cached": 0, "prompt_tokens": 0,
+                                "max_output_tokens": 0, "estimated_cost_usd": 0.0}  # fmt: skip
+    for spec, episodes in plan_episodes(root, critic.critic_id, envs, tiers, force, limit):
+        requests, _ = critic.plan(episodes, make_env(spec.env_id, **spec.kwargs))
+        totals["episodes"] += len(episodes)
+        for key, value in critic.estimate(requests).items():
+            totals[key] += value
+    return totals
