@@ -11,6 +11,14 @@ import pytest
 from llmca_data.collect import CollectConfig, collect
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_llm_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests (and the subprocesses they start) never read or write the user's LLM reply cache."""
+    import os
+
+    os.environ["LLMCA_CACHE_DIR"] = str(tmp_path_factory.mktemp("llm-cache"))
+
+
 @pytest.fixture(scope="session")
 def lbf_dataset_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real LBF dataset: 12 random + 8 expert episodes (built once per session)."""

@@ -16,7 +16,7 @@ from llmca_data.validate import validate
 def test_pipeline_runs_end_to_end_and_reruns_for_free(tmp_path: Path) -> None:
     out = tmp_path / "out"
     cmd = [sys.executable, "-c", "from llmca_data.cli import main; main()", "pipeline", "--out", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr
     assert f"dataset: {out / 'dataset'} (valid)" in proc.stdout
     record = json.loads((out / "pipeline.json").read_text())
@@ -36,7 +36,7 @@ def test_pipeline_runs_end_to_end_and_reruns_for_free(tmp_path: Path) -> None:
     assert overall["sign_agreement"] > record["critic_eval"]["uniform vs shapley"][-1]["sign_agreement"]
     assert "counterfactual vs shapley" in proc.stdout
 
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stderr
     rerun = json.loads((out / "pipeline.json").read_text())
     assert all(c["new_episodes"] == 0 for c in rerun["collect"])
