@@ -164,3 +164,15 @@ def test_cli_errors_name_the_fix(lbf_dataset: Path) -> None:
         [*CLI, "critic-eval", str(lbf_dataset), "--critic", "llm-mca"], capture_output=True, text=True
     )
     assert proc.returncode == 2 and "llmca annotate" in proc.stderr
+
+
+def test_annotate_never_imports_torch(lbf_dataset: Path) -> None:
+    code = (
+        "import sys; from typer.testing import CliRunner; from llmca_data.cli import app; "
+        f"r = CliRunner().invoke(app, ['annotate', {str(lbf_dataset)!r}, '--critic', 'shapley']); "
+        "assert r.exit_code == 0, r.output; "
+        "from llmca_data.annotation.llm import critic, client, prompt, reply; "
+        "assert 'torch' not in sys.modules and 'd3rlpy' not in sys.modules, 'torch imported'"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
