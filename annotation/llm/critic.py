@@ -74,6 +74,10 @@ class LLMConfig:
     concurrency: int = 1
     timeout_s: float = 120.0
     max_retries: int = 4
+    retry_backoff_s: float = 1.0
+    """First wait before a retry; doubles each time (``Retry-After`` wins when the server sends it)."""
+    total_retry_s: float = 300.0
+    """Most time spent retrying one request."""
     max_cost: float = 0.0
     """USD budget for this run (0 = unlimited); needs prices to mean anything."""
     price_in: float = 0.0
@@ -128,7 +132,7 @@ class LLMCritic:
     def __init__(self, config: LLMConfig, cache: ReplyCache | None = None) -> None:
         self.config = config
         self.critic_id = config.critic_id
-        self.cache = cache or ReplyCache()
+        self.cache = cache if cache is not None else ReplyCache()
         self._server: LocalLLMServer | None = None
         self._embedded = None if config.base_url else LocalLLMServer(LocalServerConfig())
         self.model = config.model or (self._embedded.model if self._embedded else "")
@@ -238,6 +242,7 @@ class LLMCritic:
             ClientConfig(
                 base_url=base_url, model=self.model, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
                 concurrency=cfg.concurrency, price_in=cfg.price_in, price_out=cfg.price_out,
+                backoff_s=cfg.retry_backoff_s, total_retry_s=cfg.total_retry_s,
             )
         )  # fmt: skip
 
@@ -248,15 +253,21 @@ class LLMCritic:
         finally:
             await client.aclose()
 
-    async def _ask(self, client: LLMClient, request: _Request, messages: list[dict[str, str]]) -> CachedReply:
-        """One completion for ``messages``: from the cache, else from the server (then cached)."""
+    async def _ask(
+        self, client: LLMClient, request: _Request, messages: list[dict[str, str]]
+    ) -> tuple[CachedReply, str | None]:
+        """One completion for ``messages``: from the cache (key None), else from the server (with its cache key).
+
+        The caller caches fresh replies only once the exchange ends in a valid reply, so a rerun
+        asks again for episodes that failed but never re-sends a request that succeeded.
+        """
         sampling = {"temperature": self.config.temperature, "max_tokens": request.max_tokens, "seed": self.config.seed}
         key = request.key if messages is request.messages else request_key(
             self.model, request.prompt_version, {**sampling, **request.options}, messages
         )  # fmt: skip
         cached = self.cache.get(key)
         if cached is not None:
-            return cached
+            return cached, None
         estimate = (estimate_tokens("".join(m["content"] for m in messages)) * self.config.price_in
                     + request.max_tokens * self.config.price_out) / 1e6  # fmt: skip
         if self.config.max_cost and self.spent_usd + estimate > self.config.max_cost:
@@ -272,16 +283,23 @@ class LLMCritic:
         self.requests_sent += 1
         reply = CachedReply(completion.text, completion.tokens_in, completion.tokens_out, completion.latency_s,
                             completion.cost_usd, completion.finish_reason)  # fmt: skip
-        self.cache.put(key, self.model, request.prompt_version, reply)
-        return reply
+        return reply, key
 
     async def _run(self, client: LLMClient, request: _Request) -> None:
         spans = [(i.episode.episode_id, i.t1 - i.t0) for i in request.items]
         ids = [f"agent_{k}" for k in range(request.items[0].episode.action.shape[1])]
         replies: list[CachedReply] = []
+        fresh: list[tuple[str, CachedReply]] = []
         error, parsed, repaired = "", None, False
+
+        async def ask(messages: list[dict[str, str]]) -> None:
+            reply, key = await self._ask(client, request, messages)
+            replies.append(reply)
+            if key is not None:
+                fresh.append((key, reply))
+
         try:
-            replies.append(await self._ask(client, request, request.messages))
+            await ask(request.messages)
             try:
                 parsed, repaired = parse_reply(replies[0].text, agent_ids=ids, episodes=spans,
                                                with_tasks=self.config.with_tasks, n_tasks=request.n_tasks)  # fmt: skip
@@ -289,10 +307,12 @@ class LLMCritic:
                 retry = [*request.messages, {"role": "assistant", "content": replies[0].text},
                          {"role": "user", "content": f"That reply was invalid: {exc}. Answer again with only the "
                                                      "corrected JSON object."}]  # fmt: skip
-                replies.append(await self._ask(client, request, retry))
+                await ask(retry)
                 parsed, _ = parse_reply(replies[1].text, agent_ids=ids, episodes=spans,
                                         with_tasks=self.config.with_tasks, n_tasks=request.n_tasks)  # fmt: skip
                 repaired = True
+            for key, reply in fresh:  # the whole exchange, so a rerun replays it without a request
+                self.cache.put(key, self.model, request.prompt_version, reply)
         except (ReplyError, LLMRequestError) as exc:
             error = str(exc)
         share = 1.0 / len(request.items)
