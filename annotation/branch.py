@@ -12,12 +12,16 @@ branch's RNG state before each of its steps, so exogenous randomness is the same
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
 
 from llmca_data.envs.base import MultiAgentEnv
+from llmca_data.errors import ReplayMismatchError
 from llmca_data.rollout import Episode, replay_iter
+
+from .critic import CriticOutput
 
 
 def discounted_window_returns(reward: np.ndarray, horizon: int, gamma: float) -> np.ndarray:
@@ -63,3 +67,29 @@ class Brancher:
             total += gamma ** (k - t) * float(step.reward_env.sum(dtype=np.float64))
             done = step.terminated or step.truncated
         return total
+
+
+class ResimulatingCritic(ABC):
+    """Base of critics that branch from the logged states (counterfactual, Shapley).
+
+    ``annotate`` replays the episode once; an episode the env does not reproduce becomes a
+    ``failed`` output with the reason. Subclasses compute credits from the ready ``Brancher``.
+    """
+
+    critic_id: str
+    needs_env = True
+
+    def annotate(self, episode: Episode, env: MultiAgentEnv | None) -> CriticOutput:
+        if env is None:
+            raise ValueError(f"the {self.critic_id} critic re-simulates episodes: pass an env")
+        try:
+            branch = Brancher(episode, env)
+        except ReplayMismatchError as exc:
+            return CriticOutput.failed(episode.length, episode.action.shape[1], str(exc))
+        out = self.credit(episode, branch, env.spec.noop_action)
+        out.extra["env_steps"] = branch.evaluations
+        return out
+
+    @abstractmethod
+    def credit(self, episode: Episode, branch: Brancher, noop: int) -> CriticOutput:
+        """Credits ``[T, N]`` of ``episode``, simulating alternatives through ``branch``."""

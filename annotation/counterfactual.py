@@ -18,17 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from llmca_data.envs.base import MultiAgentEnv
-from llmca_data.errors import ReplayMismatchError
 from llmca_data.rollout import Episode
 
-from .branch import Brancher, discounted_window_returns
+from .branch import Brancher, ResimulatingCritic, discounted_window_returns
 from .critic import CriticOutput
 
 
-class CounterfactualCritic:
-    needs_env = True
-
+class CounterfactualCritic(ResimulatingCritic):
     def __init__(self, horizon: int = 1, gamma: float = 0.99) -> None:
         if horizon < 1 or not 0.0 < gamma <= 1.0:
             raise ValueError(f"need horizon >= 1 and 0 < gamma <= 1, got horizon={horizon}, gamma={gamma}")
@@ -39,14 +35,8 @@ class CounterfactualCritic:
     def params(self) -> dict[str, Any]:
         return {"type": "counterfactual", "horizon": self.horizon, "gamma": self.gamma, "baseline": "noop"}
 
-    def annotate(self, episode: Episode, env: MultiAgentEnv | None) -> CriticOutput:
-        assert env is not None, "the counterfactual critic re-simulates: pass an env"
+    def credit(self, episode: Episode, branch: Brancher, noop: int) -> CriticOutput:
         t_len, n = episode.action.shape
-        try:
-            branch = Brancher(episode, env)
-        except ReplayMismatchError as exc:
-            return CriticOutput.failed(t_len, n, str(exc))
-        noop = env.spec.noop_action
         factual = discounted_window_returns(episode.reward_team, self.horizon, self.gamma)  # [T]
         credits = np.zeros((t_len, n), np.float64)  # [T, N]
         for t in range(t_len):
@@ -56,4 +46,4 @@ class CounterfactualCritic:
                 joint = episode.action[t].astype(np.int64)
                 joint[i] = noop
                 credits[t, i] = factual[t] - branch.team_return(t, joint, self.horizon, self.gamma)
-        return CriticOutput(credits.astype(np.float32), extra={"env_steps": branch.evaluations})
+        return CriticOutput(credits.astype(np.float32))

@@ -22,11 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from llmca_data.envs.base import MultiAgentEnv
-from llmca_data.errors import ReplayMismatchError
 from llmca_data.rollout import Episode
 
-from .branch import Brancher
+from .branch import Brancher, ResimulatingCritic
 from .critic import CriticOutput
 
 MAX_EXACT_AGENTS = 4
@@ -76,9 +74,8 @@ def shapley_sampled(n: int, value: Callable[[int], float], samples: int, rng: np
     return phi / samples
 
 
-class ShapleyCritic:
+class ShapleyCritic(ResimulatingCritic):
     critic_id = "shapley"
-    needs_env = True
 
     def __init__(self, samples: int = 256, seed: int = 0) -> None:
         self.samples = samples
@@ -93,14 +90,8 @@ class ShapleyCritic:
             "seed": self.seed,
         }
 
-    def annotate(self, episode: Episode, env: MultiAgentEnv | None) -> CriticOutput:
-        assert env is not None, "the Shapley critic re-simulates: pass an env"
+    def credit(self, episode: Episode, branch: Brancher, noop: int) -> CriticOutput:
         t_len, n = episode.action.shape
-        try:
-            branch = Brancher(episode, env)
-        except ReplayMismatchError as exc:
-            return CriticOutput.failed(t_len, n, str(exc))
-        noop = env.spec.noop_action
         reward = episode.reward_team.astype(np.float64)  # [T]
         credits = np.zeros((t_len, n), np.float64)  # [T, N]
         v_empty: dict[int, float] = {}
@@ -126,4 +117,4 @@ class ShapleyCritic:
             if empty != 0.0:
                 v_empty[t] = empty
         raw = json.dumps({"v_empty": v_empty}) if v_empty else ""
-        return CriticOutput(credits.astype(np.float32), raw_response=raw, extra={"env_steps": branch.evaluations})
+        return CriticOutput(credits.astype(np.float32), raw_response=raw)

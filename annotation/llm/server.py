@@ -13,7 +13,6 @@ or any OpenAI-compatible server for quality.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import importlib.util
 import logging
@@ -31,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from llmca_data.errors import LlmcaError
+from llmca_data.shards import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,8 @@ def bundled_gguf() -> Path:
 
 @cache
 def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
+    """sha256 of a (large, immutable) model file, computed once per process."""
+    return sha256_file(path)
 
 
 def _free_port(host: str) -> int:
