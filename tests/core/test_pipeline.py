@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -29,8 +30,16 @@ def test_pipeline_runs_end_to_end_and_reruns_for_free(tmp_path: Path) -> None:
         assert expert > medium > random, env_id
     assert stats["rware-tiny-2ag", "expert"]["return_mean"] > 10  # the RWARE expert delivers
     assert stats["spaceworld-10x10-3a", "random"]["cost_mean"] > stats["spaceworld-10x10-3a", "expert"]["cost_mean"]
-    assert [a["critic_id"] for a in record["annotate"]] == ["uniform", "shapley", "counterfactual"]
+    critics = ["uniform", "shapley", "counterfactual", "counterfactual-h5"]
+    assert [a["critic_id"] for a in record["annotate"]] == critics
     assert all(a["failed"] == 0 for a in record["annotate"])
+    if importlib.util.find_spec("llama_cpp") is not None:  # the local LLM stage ran (CI installs the extra)
+        llm = record["annotate_llm"]
+        assert [(a["critic_id"], a["env_id"]) for a in llm] == [
+            (c, e) for c in ("llm-mca", "llm-taca") for e in ("lbf-8x8-2p-2f", "spaceworld-10x10-3a")
+        ]
+        assert all(a["episodes"] == 2 and a["tokens_in"] > 0 and a["seconds_per_episode"] > 0 for a in llm)
+        assert "llm-mca vs shapley" in record["critic_eval"]
     overall = record["critic_eval"]["counterfactual vs shapley"][-1]
     assert (overall["env_id"], overall["tier"], overall["coverage"]) == ("all", "all", 1.0)
     assert overall["sign_agreement"] > record["critic_eval"]["uniform vs shapley"][-1]["sign_agreement"]
@@ -40,4 +49,4 @@ def test_pipeline_runs_end_to_end_and_reruns_for_free(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     rerun = json.loads((out / "pipeline.json").read_text())
     assert all(c["new_episodes"] == 0 for c in rerun["collect"])
-    assert all(a["episodes"] == 0 for a in rerun["annotate"])  # nothing recomputed
+    assert all(a["episodes"] == 0 for a in rerun["annotate"] + rerun["annotate_llm"])  # nothing recomputed
