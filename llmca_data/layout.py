@@ -2,7 +2,8 @@
 
 ```
 README.md                                       rendered dataset card (``llmca build``)
-meta/info.json                                  schema_version, versions, envs, tiers, reference returns
+meta/info.json                                  schema_version, versions, envs, tiers, reference returns, statistics
+meta/return_hist_<env_id>.png                   return histogram per env (``llmca build``)
 meta/manifest.json                              every data file: path, rows, bytes, sha256 (written last)
 meta/pending.json                               journal of a commit in progress (absent when idle)
 data/<env_id>/steps/<tier>-00000.parquet        one row per (episode, t), sorted
@@ -27,7 +28,11 @@ LOCK_NAME = ".llmca.lock"
 STAGING_DIR = ".staging"
 TRASH_DIR = ".trash"
 KINDS: tuple[str, ...] = ("steps", "episodes", "annotations")
+CARD_PATH = "README.md"
+RETURN_HIST_PATH = "meta/return_hist_{env_id}.png"
+"""Format with ``env_id``; like ``README.md`` it is listed in the manifest but is not a data file."""
 
+_BUILD_FILE = re.compile(r"^(README\.md|meta/return_hist_[^/]+\.png)$")
 _SHARD = re.compile(
     r"^data/(?P<env>[^/]+)/(?P<kind>steps|episodes|annotations)/(?P<tier>[a-z]+)-(?P<idx>\d{5})\.parquet$"
 )
@@ -59,3 +64,8 @@ def data_files(root: Path) -> list[str]:
     if not data.is_dir():
         return []
     return sorted(p.relative_to(root).as_posix() for p in data.rglob("*") if p.is_file())
+
+
+def is_build_file(rel_path: str) -> bool:
+    """True for the files ``llmca build`` lists in the manifest outside ``data/`` (card, plots)."""
+    return _BUILD_FILE.match(rel_path) is not None

@@ -109,6 +109,18 @@ class Commit:
         self.entries.append(entry)
         return entry
 
+    def write_bytes(self, rel_path: str, data: bytes) -> FileEntry:
+        """Stage a plain file (the card, a plot) like a shard: it joins the same commit."""
+        staged = _pending_name(self.root / rel_path)
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        with staged.open("wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        entry = FileEntry(rel_path, 0, len(data), hashlib.sha256(data).hexdigest())
+        self.entries.append(entry)
+        return entry
+
     def apply(self) -> None:
         if not self.entries:
             return

@@ -72,3 +72,8 @@ def tier_policy(env_id: str, tier: str, rng: np.random.Generator) -> Policy:
     epsilon = configured if configured is not None else round(float(rng.random()), 2)
     base = scripted_policy(env_id)
     return base if epsilon == 0.0 else EpsilonPolicy(base, epsilon)
+
+
+def tier_sort_key(tier: str) -> tuple[int, str]:
+    """Contract order (expert, medium, random, replay), unknown tiers last and alphabetical."""
+    return (TIERS.index(tier) if tier in TIERS else len(TIERS), tier)

@@ -2,7 +2,8 @@
 
 Input: a dataset directory. Output: a ``ValidationReport`` listing every problem with the
 file it concerns (an empty list means valid). Checks: ``meta/manifest.json`` lists exactly
-the files under ``data/`` (missing and extra files are problems), sizes and sha256 match,
+the files under ``data/`` (missing and extra files are problems) plus, after ``llmca build``,
+``README.md`` and ``meta/return_hist_*.png`` (present and unchanged), sizes and sha256 match,
 every Parquet page checksum verifies, each shard has the schema its env's spec implies,
 steps are sorted by (episode_id, t) with t = 0, 1, ... within an episode, only an episode's
 last step ends it and never with both ``terminated`` and ``truncated``, ``reward_team`` is
@@ -23,7 +24,7 @@ import pyarrow as pa
 from llmca_data.envs.base import EnvSpec
 from llmca_data.errors import LlmcaError
 from llmca_data.info import load_info, spec_from_info
-from llmca_data.layout import INFO_PATH, MANIFEST_PATH, PENDING_PATH, ShardName, data_files
+from llmca_data.layout import INFO_PATH, MANIFEST_PATH, PENDING_PATH, ShardName, data_files, is_build_file
 from llmca_data.schema import annotations_schema, episodes_schema, from_fsl, fsl, schema_mismatch, steps_schema
 from llmca_data.shards import Manifest, read_shard, sha256_file
 
@@ -75,12 +76,16 @@ def validate(root: Path, progress: Callable[[int, int], None] | None = None) -> 
     if not (root / INFO_PATH).exists():
         report.add(INFO_PATH, "missing: re-run `llmca collect` or `llmca build` to write it")
     on_disk = set(data_files(root))
-    for rel in sorted(set(manifest.files) - on_disk):
+    built = {rel for rel in manifest.files if is_build_file(rel)}
+    listed = set(manifest.files) - built
+    for rel in sorted(built):
+        _check_build_file(root, rel, manifest, report)
+    for rel in sorted(listed - on_disk):
         report.add(rel, "listed in the manifest but missing on disk; re-download or re-collect it")
-    for rel in sorted(on_disk - set(manifest.files)):
+    for rel in sorted(on_disk - listed):
         report.add(rel, "not listed in the manifest (left by an interrupted writer or copied in by hand); remove it")
-    names = [n for n in map(ShardName.parse, sorted(manifest.files)) if n is not None]
-    for rel in sorted(set(manifest.files) - {str(n) for n in names}):
+    names = [n for n in map(ShardName.parse, sorted(listed)) if n is not None]
+    for rel in sorted(listed - {str(n) for n in names}):
         report.add(rel, "file name does not follow data/<env_id>/<kind>/<tier>-NNNNN.parquet")
     tables: dict[tuple[str, str, str], list[tuple[str, pa.Table]]] = {}
     for k, name in enumerate(names):
@@ -105,6 +110,19 @@ def validate(root: Path, progress: Callable[[int, int], None] | None = None) -> 
         progress(len(names), len(names))
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _check_build_file(root: Path, rel: str, manifest: Manifest, report: ValidationReport) -> None:
+    """The card and plots of ``llmca build``: present, with the manifest's size and sha256."""
+    path = root / rel
+    if not path.is_file():
+        report.add(rel, "listed in the manifest but missing on disk; run `llmca build` to write it again")
+        return
+    report.files += 1
+    report.bytes += path.stat().st_size
+    entry = manifest.files[rel]
+    if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
+        report.add(rel, "differs from the manifest (edited after `llmca build`?); run `llmca build` to render it again")
 
 
 def _check_file(root: Path, rel: str, manifest: Manifest, report: ValidationReport) -> pa.Table | None:

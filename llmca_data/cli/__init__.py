@@ -256,6 +256,37 @@ def serve_llm_cmd(
     raise typer.Exit(0)
 
 
+@app.command("build")
+def build_cmd(
+    directory: Path = typer.Argument(..., help="Dataset directory."),
+    repo_id: str = typer.Option("llmca/annotated", "--repo-id", help="Hub repo id used in the card's examples."),
+    reference: str = typer.Option("shapley", "--reference", help="Reference critic of the card's critic-eval table."),
+) -> None:
+    """Render README.md (the dataset card with its `configs:`), statistics, plots and meta/info.json.
+
+    Afterwards `datasets.load_dataset(DIR or REPO, "<env_id>", split="<tier>")` works. Every critic
+    present is scored against --reference (when that critic is present) in the card.
+    """
+    from llmca_data.annotation.evaluate import critic_eval
+    from llmca_data.build import BuildConfig, build
+    from llmca_data.info import load_info
+
+    critics = list(load_info(directory).get("critics", {}))
+    rows: list[dict[str, Any]] = []
+    if reference in critics:
+        for critic in critics:
+            if critic != reference:
+                rows += [
+                    {**r, "critic": critic, "reference": reference} for r in critic_eval(directory, critic, reference)
+                ]
+    with progress_bar("build", "steps") as update:
+        result = build(directory, BuildConfig(repo_id=repo_id), critic_eval=rows, progress=update)
+    padded = f", {len(result.padded_shards)} shards given missing critic columns" if result.padded_shards else ""
+    console.print(f"built {directory}: {len(result.files)} files written{padded}, {result.seconds:.1f} s")
+    for name in result.files:
+        console.print(f"  {name}")
+
+
 @app.command("validate")
 def validate_cmd(directory: Path = typer.Argument(..., help="Dataset directory.")) -> None:
     """Check files, hashes, page checksums, schema and invariants; exit 1 on any problem."""
