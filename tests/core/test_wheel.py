@@ -22,6 +22,7 @@ def test_wheel_layout_and_import_from_another_directory(tmp_path: Path) -> None:
     )
     (wheel,) = wheels.glob("llmca_data-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
+    assert "llmca_data/templates/DATASET_CARD.md" in names, "the dataset card template must ship in the wheel"
     for sub in ("annotation", "loaders", "baselines", "leaderboard"):
         assert f"llmca_data/{sub}/__init__.py" in names
         assert not any(n.startswith(f"{sub}/") for n in names), f"generic top-level package {sub} installed"
