@@ -3,3 +3,7 @@
 ``datasets``, polars/Arrow, torch tensors and d3rlpy ``MDPDataset``s. Input: a dataset
 directory or Hub repo. Output: frames and tensors. Imports the core and ``annotation``.
 """
+
+from llmca_data.loaders.offline import OfflineDataset, sample_batch
+
+__all__ = ["OfflineDataset", "sample_batch"]

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hub_server import HubServer
 
 from llmca_data.collect import CollectConfig, collect
 
@@ -49,3 +50,29 @@ def poll() -> Callable[[Callable[[], bool], float], None]:
             time.sleep(0.02)
 
     return wait
+
+
+@pytest.fixture
+def hub_server() -> Iterator[HubServer]:
+    """A fresh local Hub-protocol server (``tests/hub_server.py``) on 127.0.0.1; ``.endpoint`` is its URL."""
+    with HubServer() as server:
+        yield server
+
+
+@pytest.fixture
+def hub_env(hub_server: HubServer, tmp_path_factory: pytest.TempPathFactory) -> Callable[[], dict[str, str]]:
+    """Build environment variables that send a subprocess's Hub calls to ``hub_server``.
+
+    Each call returns a fresh ``HF_HOME`` (an empty cache), so no two processes share one.
+    """
+
+    def make() -> dict[str, str]:
+        return {
+            "HF_ENDPOINT": hub_server.endpoint,
+            "HF_HOME": str(tmp_path_factory.mktemp("hf-home")),
+            "HF_TOKEN": "test-token",
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_XET": "1",
+        }
+
+    return make

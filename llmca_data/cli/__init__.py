@@ -256,6 +256,21 @@ def serve_llm_cmd(
     raise typer.Exit(0)
 
 
+def card_critic_eval(directory: Path, reference: str) -> list[dict[str, Any]]:
+    """Every critic of the dataset scored against ``reference`` (rows for the card); [] without it."""
+    from llmca_data.annotation.evaluate import critic_eval
+    from llmca_data.info import load_info
+
+    critics = list(load_info(directory).get("critics", {}))
+    rows: list[dict[str, Any]] = []
+    if reference in critics:
+        for critic in critics:
+            if critic != reference:
+                scores = critic_eval(directory, critic, reference)
+                rows += [{**r, "critic": critic, "reference": reference} for r in scores]
+    return rows
+
+
 @app.command("build")
 def build_cmd(
     directory: Path = typer.Argument(..., help="Dataset directory."),
@@ -267,24 +282,58 @@ def build_cmd(
     Afterwards `datasets.load_dataset(DIR or REPO, "<env_id>", split="<tier>")` works. Every critic
     present is scored against --reference (when that critic is present) in the card.
     """
-    from llmca_data.annotation.evaluate import critic_eval
     from llmca_data.build import BuildConfig, build
-    from llmca_data.info import load_info
 
-    critics = list(load_info(directory).get("critics", {}))
-    rows: list[dict[str, Any]] = []
-    if reference in critics:
-        for critic in critics:
-            if critic != reference:
-                rows += [
-                    {**r, "critic": critic, "reference": reference} for r in critic_eval(directory, critic, reference)
-                ]
+    rows = card_critic_eval(directory, reference)
     with progress_bar("build", "steps") as update:
         result = build(directory, BuildConfig(repo_id=repo_id), critic_eval=rows, progress=update)
     padded = f", {len(result.padded_shards)} shards given missing critic columns" if result.padded_shards else ""
     console.print(f"built {directory}: {len(result.files)} files written{padded}, {result.seconds:.1f} s")
     for name in result.files:
         console.print(f"  {name}")
+
+
+@app.command("publish")
+def publish_cmd(
+    directory: Path = typer.Argument(..., help="A validated dataset directory (run `llmca build` first)."),
+    repo_id: str = typer.Option(..., "--repo-id", help="Hub dataset repo, e.g. my-org/llmca-annotated."),
+    revision: str = typer.Option("main", "--revision", help="Branch to commit to."),
+    private: bool = typer.Option(False, "--private", help="Create the repo as private."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List added / changed / deleted files; write nothing."),
+) -> None:
+    """Publish the dataset to the Hugging Face Hub in one atomic commit (token: HF_TOKEN or your login).
+
+    Validates first; creates the repo if missing; uploads only files whose content changed; a
+    concurrent change to the branch makes the commit fail with a clear message. Honours HF_ENDPOINT.
+    """
+    from llmca_data.hub import publish
+
+    result = publish(directory, repo_id, revision=revision, private=private, dry_run=dry_run)
+    for kind, changes in (("add", result.added), ("change", result.changed), ("delete", result.deleted)):
+        for change in changes:
+            console.print(f"  {kind:<6} {change.path} ({change.bytes} bytes)")
+    if result.dry_run:
+        console.print(f"dry run: {repo_id}@{revision} would get {result.upload_bytes} bytes; nothing written")
+    elif result.committed:
+        console.print(f"published {repo_id}@{revision}: commit {result.commit_sha} (tag {result.tag})")
+    else:
+        console.print(f"{repo_id}@{revision} is up to date: no commit")
+
+
+@app.command("download")
+def download_cmd(
+    repo_id: str = typer.Argument(..., help="Hub dataset repo, e.g. llmca/annotated."),
+    out: Path = typer.Option(..., "--out", help="An empty directory for the dataset."),
+    revision: str = typer.Option("main", "--revision", help="Branch, tag or commit to pin."),
+) -> None:
+    """Download a pinned revision and verify every file's sha256 against meta/manifest.json."""
+    from llmca_data.hub import download
+
+    result = download(repo_id, out, revision=revision)
+    console.print(
+        f"downloaded {repo_id}@{revision} (commit {result.commit_sha}): {len(result.files)} files, "
+        f"{result.bytes / 1e6:.1f} MB, all sha256 verified → {out}"
+    )
 
 
 @app.command("validate")

@@ -5,8 +5,9 @@ layout) and ``pipeline.json`` (the config, versions and every stage's result). S
 far: collect (LBF 8x8, Spaceworld, RWARE tiny; tiers expert, medium, random) → annotate with
 the reference critics (uniform, Shapley, counterfactual, counterfactual-h5) → the LLM
 critics (llm-mca, llm-taca) on a few short episodes with the embedded local model, within a
-time budget → validate → statistics and critic-eval tables. Later stages (build, load,
-train, evaluate, leaderboard) plug in here.
+time budget → validate → statistics and critic-eval tables → build (the dataset card with
+its ``configs:``) → load back three ways (``datasets.load_dataset``, ``OfflineDataset``,
+d3rlpy) and check they agree. Later stages (train, evaluate, leaderboard) plug in here.
 """
 
 from __future__ import annotations
@@ -134,10 +135,24 @@ def pipeline_cmd(
         evals[f"{critic_id} vs {reference}"] = rows
         console.print(critic_eval_table([r for r in rows if r["tier"] == "all"], f"{critic_id} vs {reference}"))
     record["critic_eval"] = evals
+    from llmca_data.build import BuildConfig, build
+    from llmca_data.cli import card_critic_eval
+
+    with progress_bar("build", "steps") as update:
+        built = build(dataset, BuildConfig(), critic_eval=card_critic_eval(dataset, "shapley"), progress=update)
+    record["build"] = {"files": built.files, "configs": [c["config_name"] for c in built.configs]}
+    loads = [_load_three_ways(dataset, out / "hf-cache", env_id) for env_id, _ in config.envs]
+    record["load"] = loads
+    for check in loads:
+        console.print(
+            f"loaded {check['env_id']:<20} datasets {check['datasets_rows']} rows = OfflineDataset "
+            f"{check['offline_rows']} = d3rlpy {check['d3rlpy_steps']} steps ({check['d3rlpy_transitions']} "
+            f"transitions, {check['d3rlpy_timeouts']} timed out): {'agree' if check['agree'] else 'DISAGREE'}"
+        )
     (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     console.print(f"dataset: {dataset} ({'valid' if report.ok else 'INVALID'})")
     console.print(f"report:  {out / 'pipeline.json'}  ({record['seconds']:.0f} s)")
-    if not report.ok:
+    if not report.ok or not all(c["agree"] for c in loads):
         raise typer.Exit(1)
 
 
@@ -172,4 +187,39 @@ def _annotate_llm(dataset: Path, config: PipelineConfig) -> list[dict[str, objec
                 f"{result.skipped} done before), {result.tokens_in} tokens in, {result.tokens_out} out, "
                 f"{per_episode:.1f} s/episode"
             )
+    return out
+
+
+def _load_three_ways(dataset: Path, cache_dir: Path, env_id: str) -> dict[str, object]:
+    """Load every tier of ``env_id`` with ``datasets``, ``OfflineDataset`` and d3rlpy; check they agree."""
+    import numpy as np
+
+    from llmca_data.loaders import OfflineDataset
+
+    offline = OfflineDataset.open(dataset, env_id)
+    steps = offline.steps(columns=["episode_id", "t", "reward_team"])
+    out: dict[str, object] = {"env_id": env_id, "offline_rows": steps.height}
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        parts = [
+            datasets.load_dataset(str(dataset), env_id, split=tier, cache_dir=str(cache_dir)).with_format("arrow")
+            for tier in offline.tiers
+        ]
+        rows = sum(p.num_rows for p in parts)
+        team = np.concatenate([p[:]["reward_team"].to_numpy() for p in parts])
+        same = rows == steps.height and np.array_equal(team, steps["reward_team"].to_numpy())
+    except ImportError:
+        rows, same = -1, True  # the hub extra is missing: nothing to compare against
+    d3 = offline.to_d3rlpy(agent=0, reward="team")
+    d3_steps = int(sum(len(e.rewards) for e in d3.episodes))
+    timeouts = int(sum(not bool(e.terminated) for e in d3.episodes))
+    out.update(
+        datasets_rows=rows,
+        d3rlpy_steps=d3_steps,
+        d3rlpy_transitions=int(d3.transition_count),
+        d3rlpy_timeouts=timeouts,
+        agree=bool(same and d3_steps == steps.height),
+    )
     return out
