@@ -68,6 +68,23 @@ class EnvSpec:
             )
 
 
+class WrappedEnv:
+    """Shared read-only views of an env that wraps a third-party simulator (LBF, RWARE)."""
+
+    _raw: Any
+    _obs: FloatArray
+
+    @property
+    def raw(self) -> Any:
+        """The unwrapped simulator of the wrapped package (read it, do not mutate it)."""
+        return self._raw
+
+    @property
+    def last_obs(self) -> FloatArray:
+        """The observation returned by the last ``reset``/``step`` (or restored), ``[N, obs_dim]``."""
+        return self._obs
+
+
 @runtime_checkable
 class MultiAgentEnv(Protocol):
     """A cooperative multi-agent environment with a global state and exact snapshots.

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from llmca_data.envs.base import BoolArray, EnvSpec, FloatArray, Step
+from llmca_data.envs.base import BoolArray, EnvSpec, FloatArray, Step, WrappedEnv
 from llmca_data.envs.ids import EnvId
 
 ACTION_NAMES: tuple[str, ...] = ("NONE", "NORTH", "SOUTH", "WEST", "EAST", "LOAD")
@@ -50,7 +50,7 @@ class _Snapshot:
     done: bool
 
 
-class LBFEnv:
+class LBFEnv(WrappedEnv):
     """Level-Based Foraging with full observation, wrapped without rewriting its rules.
 
     Args:
@@ -124,19 +124,9 @@ class LBFEnv:
     # ------------------------------------------------------------------ protocol
 
     @property
-    def raw(self) -> Any:
-        """The unwrapped ``lbforaging`` ``ForagingEnv`` (read it, do not mutate it)."""
-        return self._raw
-
-    @property
     def t(self) -> int:
         """Steps taken in the current episode."""
         return int(self._raw.current_step or 0)
-
-    @property
-    def last_obs(self) -> FloatArray:
-        """The observation returned by the last ``reset``/``step`` (or restored), ``[N, obs_dim]``."""
-        return self._obs
 
     def reset(self, seed: int) -> FloatArray:
         # lbforaging 2.0.0 spawns players by rejection sampling against every player's *current*

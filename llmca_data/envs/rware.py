@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from llmca_data.envs.base import BoolArray, EnvSpec, FloatArray, Step
+from llmca_data.envs.base import BoolArray, EnvSpec, FloatArray, Step, WrappedEnv
 from llmca_data.envs.ids import EnvId
 
 ACTION_NAMES: tuple[str, ...] = ("NOOP", "FORWARD", "LEFT", "RIGHT", "TOGGLE_LOAD")
@@ -54,7 +54,7 @@ class _Snapshot:
     done: bool
 
 
-class RwareEnv:
+class RwareEnv(WrappedEnv):
     """Robotic Warehouse with a proper 500-step truncation.
 
     Args:
@@ -137,16 +137,6 @@ class RwareEnv:
             raw._make_obs = self._make_obs_fast
 
     # ------------------------------------------------------------------ protocol
-
-    @property
-    def raw(self) -> Any:
-        """The unwrapped rware ``Warehouse`` (read it, do not mutate it)."""
-        return self._raw
-
-    @property
-    def last_obs(self) -> FloatArray:
-        """The observation returned by the last ``reset``/``step`` (or restored), ``[N, obs_dim]``."""
-        return self._obs
 
     def highway_mask(self) -> BoolArray:
         """``bool[rows, cols]``: cells where a shelf can never be put down (corridors, goals)."""
