@@ -1,0 +1,105 @@
+"""Behaviour cloning (``bc``): imitate the dataset's actions with one shared, masked policy net.
+
+Input: a dataset directory (or Hub repo id), one env id and some of its tiers. Output: a run
+directory (``config.json``, ``model.safetensors``, ``metrics.jsonl``) whose policy
+``load_policy`` rebuilds. Rewards are ignored: BC learns ``pi(a_i | o_i, i)`` by masked
+cross-entropy, so it is only as good as the tiers it is given (use ``expert``).
+
+Example::
+
+    from llmca_data.baselines.bc import BCConfig, train_bc
+    from llmca_data.baselines.policy import load_policy
+
+    run = train_bc("data/llmca", "lbf-8x8-2p-2f", ["expert"], Path("runs/bc"), BCConfig(steps=500))
+    policy = load_policy(run)
+    action = policy.act(obs, mask)  # [N]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .networks import (
+    AgentNet,
+    GreedyPolicy,
+    Progress,
+    TrainConfig,
+    load_agent_net,
+    load_data,
+    masked_fill_illegal,
+    net_tensors,
+    resolve_device,
+    run_config,
+    train_loop,
+)
+from .policy import DecentralisedPolicy, register, save_run
+
+ALGO = "bc"
+
+
+@dataclass(frozen=True)
+class BCConfig(TrainConfig):
+    """Behaviour-cloning hyperparameters (the shared ``TrainConfig`` fields plus these)."""
+
+    weight_decay: float = 0.0
+    """L2 penalty on the network weights, added to the loss (0 disables it)."""
+
+
+def bc_loss(
+    net: AgentNet, batch: dict[str, torch.Tensor], weight_decay: float = 0.0
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Masked cross-entropy of the data actions: illegal actions get no probability.
+
+    Returns:
+        The scalar loss and ``{"accuracy": ...}`` (greedy action == data action, over all agents).
+    """
+    logits = masked_fill_illegal(net(batch["obs"]), batch["action_mask"])  # [B, N, A]
+    n_actions = logits.shape[-1]
+    loss = F.cross_entropy(logits.reshape(-1, n_actions), batch["action"].reshape(-1))  # over B * N
+    if weight_decay > 0:
+        loss = loss + weight_decay * sum((p**2).sum() for p in net.parameters())
+    accuracy = float((logits.argmax(-1) == batch["action"]).float().mean())
+    return loss, {"accuracy": accuracy}
+
+
+def fit_bc(
+    data: dict[str, torch.Tensor],
+    info: dict[str, Any],
+    out_dir: Path,
+    config: BCConfig,
+    progress: Progress | None = None,
+) -> tuple[Path, GreedyPolicy]:
+    """Train on resident transition tensors and write the run directory; returns it and the policy."""
+    torch.manual_seed(config.seed)
+    body = run_config(ALGO, data, config, info)
+    net = AgentNet(body["obs_dim"], body["n_agents"], body["n_actions"], config.hidden).to(data["obs"].device)
+    train_loop(lambda b: bc_loss(net, b, config.weight_decay), list(net.parameters()), data, config, out_dir, progress)
+    save_run(out_dir, body, net_tensors(net))
+    return out_dir, GreedyPolicy(ALGO, net, str(data["obs"].device))
+
+
+def train_bc(
+    dataset_path: str | Path,
+    env_id: str,
+    tiers: str | Sequence[str] | None,
+    out_dir: Path,
+    config: BCConfig,
+    progress: Progress | None = None,
+) -> Path:
+    """Behaviour-clone ``env_id`` (``tiers``) of a dataset into the run directory ``out_dir``."""
+    device = resolve_device(config.device)
+    data, info = load_data(dataset_path, env_id, tiers, "team", device)
+    info["reward"] = None  # BC ignores rewards
+    return fit_bc(data, info, Path(out_dir), config, progress)[0]
+
+
+@register(ALGO)
+def load_bc(config: dict[str, Any], tensors: dict[str, Any], device: str) -> DecentralisedPolicy:
+    """Rebuild a ``bc`` policy from its ``config.json`` and safetensors weights."""
+    return GreedyPolicy(ALGO, load_agent_net(config, tensors, device), device)

@@ -1,0 +1,261 @@
+"""Shared pieces of the offline MARL baselines: the agent network, masking, config and training loop.
+
+Input: transition tensors from ``llmca_data.loaders`` (``obs`` [M, N, obs_dim], ``action`` [M, N],
+``action_mask`` [M, N, A], ...). Output: a trained ``AgentNet`` wrapped as a ``GreedyPolicy``
+(a ``DecentralisedPolicy``) and ``metrics.jsonl`` rows. Every algorithm (``bc.py``,
+``iql_cql.py``, ``vdn_cql.py``) shares exactly these pieces and nothing else.
+
+One ``AgentNet`` is shared by all agents: agent i sees ``[obs_i, onehot(i)]`` only, so its
+greedy action depends on nothing but its own observation, its legal actions and its id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import torch
+from torch import nn
+
+from llmca_data.loaders import OfflineDataset, sample_batch
+
+from .policy import RUN_METRICS
+
+ILLEGAL = -1e9
+"""Value given to illegal actions before an argmax / softmax (finite, so 0 * ILLEGAL stays 0)."""
+
+Progress = Callable[[int, int], None]
+"""``progress(step, total_steps)``, called at every logged step."""
+
+LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
+"""``loss_fn(batch) -> (scalar loss, extra metrics)``."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyperparameters every baseline shares (algorithms subclass it and add their own)."""
+
+    steps: int = 2000
+    """Gradient steps."""
+    batch_size: int = 256
+    """Transitions per minibatch (sampled uniformly with replacement)."""
+    lr: float = 3e-4
+    """Adam learning rate."""
+    hidden: tuple[int, ...] = (128, 128)
+    """Hidden layer sizes of the shared ``AgentNet`` MLP."""
+    seed: int = 0
+    """Seeds the network initialisation, the train/validation split and minibatch sampling."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda``; the whole dataset is resident there."""
+    eval_every: int = 100
+    """Log a ``metrics.jsonl`` row (with the validation loss) every this many steps."""
+    val_fraction: float = 0.1
+    """Fraction of episodes held out for the validation loss (split by episode, never by step)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (``hidden`` as a list)."""
+        out = dataclasses.asdict(self)
+        out["hidden"] = list(self.hidden)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Rebuild from ``to_dict`` output or a run's ``config.json`` (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if "hidden" in kwargs:
+            kwargs["hidden"] = tuple(int(h) for h in kwargs["hidden"])
+        return cls(**kwargs)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when available else ``cpu``; on CPU torch uses one thread."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(1)
+    return device
+
+
+class AgentNet(nn.Module):
+    """MLP over ``[obs_i, onehot(i)]`` → one value (logit or Q-value) per action, shared by all agents."""
+
+    def __init__(self, obs_dim: int, n_agents: int, n_actions: int, hidden: Sequence[int]) -> None:
+        super().__init__()
+        self.obs_dim, self.n_agents, self.n_actions = obs_dim, n_agents, n_actions
+        layers: list[nn.Module] = []
+        width = obs_dim + n_agents
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, n_actions))
+        self.mlp = nn.Sequential(*layers)
+        self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """``obs`` [..., N, obs_dim] → values [..., N, A]."""
+        ids = self.get_buffer("agent_ids").expand(*obs.shape[:-1], self.n_agents)  # [..., N, N]
+        out: torch.Tensor = self.mlp(torch.cat([obs, ids], dim=-1))  # [..., N, A]
+        return out
+
+
+def masked_fill_illegal(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values`` [..., A] with illegal actions (``mask`` False) set to ``ILLEGAL``."""
+    return values.masked_fill(~mask, ILLEGAL)
+
+
+def masked_argmax(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Index of the best legal action: ``values``/``mask`` [..., A] → int64 [...]."""
+    return masked_fill_illegal(values, mask).argmax(dim=-1)
+
+
+def double_q_next(online: AgentNet, target: AgentNet, next_obs: torch.Tensor, next_mask: torch.Tensor) -> torch.Tensor:
+    """Double-DQN next values: ``target`` evaluates the online net's best legal action → [B, N]."""
+    with torch.no_grad():
+        best = masked_argmax(online(next_obs), next_mask)  # [B, N]
+        out: torch.Tensor = target(next_obs).gather(-1, best.unsqueeze(-1)).squeeze(-1)  # [B, N]
+        return out
+
+
+def cql_penalty(q: torch.Tensor, mask: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Per-agent CQL term ``logsumexp_{legal a} Q(o, a) - Q(o, a_data)``, averaged → scalar."""
+    lse = torch.logsumexp(masked_fill_illegal(q, mask), dim=-1)  # [B, N]
+    q_data = q.gather(-1, action.unsqueeze(-1)).squeeze(-1)  # [B, N]
+    return (lse - q_data).mean()
+
+
+@torch.no_grad()
+def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
+    """Polyak averaging ``target ← (1 - tau) target + tau online`` (tau = 1 copies)."""
+    for t, o in zip(target.parameters(), online.parameters(), strict=True):
+        t.lerp_(o, tau)
+
+
+class GreedyPolicy:
+    """``DecentralisedPolicy``: each agent takes the masked argmax of the shared net on its own obs + id."""
+
+    def __init__(self, algo: str, net: AgentNet, device: str = "cpu") -> None:
+        self.algo = algo
+        self.n_agents = net.n_agents
+        self.net = net.to(device).eval()
+        self.device = device
+
+    def act(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``obs`` float32 [N, obs_dim], ``mask`` bool [N, A] → int64 [N]."""
+        with torch.no_grad():
+            o = torch.tensor(np.asarray(obs, np.float32), device=self.device)  # [N, obs_dim]
+            m = torch.tensor(np.asarray(mask, np.bool_), device=self.device)  # [N, A]
+            return masked_argmax(self.net(o), m).cpu().numpy().astype(np.int64)
+
+
+QPolicy = GreedyPolicy
+LogitPolicy = GreedyPolicy
+
+NET_PREFIX = "agent_net."
+"""Safetensors names of the shared network: ``agent_net.<state_dict key>``."""
+
+
+def net_tensors(net: AgentNet) -> dict[str, torch.Tensor]:
+    """The network's weights under ``NET_PREFIX`` names, for ``save_run``."""
+    return {NET_PREFIX + k: v for k, v in net.state_dict().items()}
+
+
+def load_agent_net(config: dict[str, Any], tensors: dict[str, Any], device: str) -> AgentNet:
+    """Rebuild the shared ``AgentNet`` of a run from ``config.json`` and its safetensors weights."""
+    net = AgentNet(int(config["obs_dim"]), int(config["n_agents"]), int(config["n_actions"]), config["hidden"])
+    state = {k.removeprefix(NET_PREFIX): v for k, v in tensors.items() if k.startswith(NET_PREFIX)}
+    net.load_state_dict(state, strict=True)
+    return net.to(device)
+
+
+def load_data(
+    dataset_path: str | Path, env_id: str, tiers: str | Sequence[str] | None, reward: str, device: str
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Whole dataset resident on ``device``, and the run facts for ``config.json``."""
+    ds = OfflineDataset.open(dataset_path, env_id, tiers)
+    data = ds.transitions(reward=reward, device=device)
+    info = {"env_id": env_id, "tiers": list(ds.tiers), "dataset": str(dataset_path), "reward": reward}
+    return data, info
+
+
+def run_config(algo: str, data: dict[str, torch.Tensor], config: TrainConfig, info: dict[str, Any]) -> dict[str, Any]:
+    """The ``config.json`` body: algorithm, sizes read off the data, run facts and hyperparameters."""
+    _, n, d = data["obs"].shape
+    return {
+        **info,
+        **config.to_dict(),
+        "algo": algo,
+        "n_agents": int(n),
+        "obs_dim": int(d),
+        "n_actions": int(data["action_mask"].shape[-1]),
+    }
+
+
+def split_episodes(
+    data: dict[str, torch.Tensor], val_fraction: float, seed: int
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Hold out whole episodes: (train, validation); validation is empty when there is one episode."""
+    ep = data["episode_id"]  # [M]
+    ids = torch.unique(ep)  # [E]
+    n_val = min(round(val_fraction * ids.numel()), ids.numel() - 1)
+    if val_fraction > 0 and ids.numel() > 1:
+        n_val = max(n_val, 1)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(ids.numel(), generator=gen).to(ids.device)
+    is_val = torch.isin(ep, ids[perm[:n_val]])  # [M]
+    return {k: v[~is_val] for k, v in data.items()}, {k: v[is_val] for k, v in data.items()}
+
+
+def train_loop(
+    loss_fn: LossFn,
+    params: Sequence[nn.Parameter],
+    data: dict[str, torch.Tensor],
+    config: TrainConfig,
+    out_dir: Path,
+    progress: Progress | None = None,
+    after_step: Callable[[int], None] | None = None,
+) -> list[dict[str, float | None]]:
+    """Adam on ``loss_fn`` over minibatches of the training episodes; logs ``out_dir/metrics.jsonl``.
+
+    Every ``eval_every`` steps (and at the last) a row ``{"step", "loss", "val_loss", ..., "time_s"}``
+    is written, ``val_loss`` (null without validation episodes) computed on up to 4096 held-out
+    transitions. ``after_step(step)`` runs after each update (e.g. target-network updates).
+    """
+    train, val = split_episodes(data, config.val_fraction, config.seed)
+    if train["obs"].shape[0] == 0:
+        raise ValueError("no training transitions: the dataset is empty or val_fraction too large")
+    device = train["obs"].device
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    val_batch = sample_batch(val, 4096, gen) if val["obs"].shape[0] > 4096 else val
+    optim = torch.optim.Adam(params, lr=config.lr)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, float | None]] = []
+    start = time.monotonic()
+    with (out_dir / RUN_METRICS).open("w") as log:
+        for step in range(1, config.steps + 1):
+            loss, extras = loss_fn(sample_batch(train, config.batch_size, gen))
+            optim.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            optim.step()
+            if after_step is not None:
+                after_step(step)
+            if step % config.eval_every == 0 or step == config.steps:
+                val_loss: float | None = None
+                if val_batch["obs"].shape[0] > 0:
+                    with torch.no_grad():
+                        val_loss = float(loss_fn(val_batch)[0])
+                row: dict[str, float | None] = {"step": step, "loss": float(loss.detach()), "val_loss": val_loss}
+                row.update(extras)
+                row["time_s"] = round(time.monotonic() - start, 3)
+                rows.append(row)
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                if progress is not None:
+                    progress(step, config.steps)
+    return rows
