@@ -15,10 +15,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from llmca_data.envs.base import MultiAgentEnv
-from llmca_data.errors import LlmcaError
+from llmca_data.errors import UnknownCriticError
 from llmca_data.rollout import Episode
+from llmca_data.schema import ANNOTATION_STATUSES
 
-STATUSES = ("ok", "repaired", "failed")
+STATUSES = ANNOTATION_STATUSES
 
 
 @dataclass
@@ -61,10 +62,6 @@ class Critic(Protocol):
     def annotate(self, episode: Episode, env: MultiAgentEnv | None) -> CriticOutput: ...
 
 
-class UnknownCriticIdError(LlmcaError, ValueError):
-    """A critic id that no built-in critic has."""
-
-
 def make_critic(critic_id: str, *, horizon: int = 1, gamma: float = 0.99, samples: int = 256, seed: int = 0) -> Critic:
     """Build a reference critic: ``uniform``, ``shapley`` or ``counterfactual`` (``--horizon`` > 1 → ``-h<H>``)."""
     if critic_id == "uniform":
@@ -81,7 +78,7 @@ def make_critic(critic_id: str, *, horizon: int = 1, gamma: float = 0.99, sample
         if critic_id != "counterfactual":
             horizon = int(critic_id.removeprefix("counterfactual-h"))
         return CounterfactualCritic(horizon=horizon, gamma=gamma)
-    raise UnknownCriticIdError(
+    raise UnknownCriticError(
         f"unknown critic {critic_id!r}: reference critics are uniform, shapley, counterfactual "
         "(with --horizon H for counterfactual-h<H>); LLM critics are llm-mca and llm-taca; "
         "to import credits computed elsewhere use --from-file FILE --critic-id NAME"

@@ -154,9 +154,6 @@ class GreedyPolicy:
             return masked_argmax(self.net(o), m).cpu().numpy().astype(np.int64)
 
 
-QPolicy = GreedyPolicy
-LogitPolicy = GreedyPolicy
-
 NET_PREFIX = "agent_net."
 """Safetensors names of the shared network: ``agent_net.<state_dict key>``."""
 

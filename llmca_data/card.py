@@ -25,6 +25,7 @@ from llmca_data.envs.ids import EnvId
 from llmca_data.errors import LlmcaError
 from llmca_data.info import spec_from_info
 from llmca_data.layout import RETURN_HIST_PATH
+from llmca_data.schema import ANNOTATION_STATUSES
 from llmca_data.shards import Manifest, read_shard
 from llmca_data.tiers import tier_sort_key
 
@@ -193,6 +194,6 @@ def critic_rows(root: Path, manifest: Manifest, info: dict[str, Any], critics: l
     for cid, (models, prompts, status) in sorted(seen.items()):
         kind = info.get("critics", {}).get(cid, {}).get("params", {}).get("type", "—")
         model_text, prompt_text = (", ".join(f"`{x}`" for x in sorted(v) if x) or "—" for v in (models, prompts))
-        counts = " / ".join(str(status.get(k, 0)) for k in ("ok", "repaired", "failed"))
+        counts = " / ".join(str(status.get(k, 0)) for k in ANNOTATION_STATUSES)
         out.append(_row([f"`{cid}`", f"`credit_{cid.replace('-', '_')}`", kind, model_text, prompt_text, counts]))
     return out

@@ -15,6 +15,8 @@ from llmca_data import SCHEMA_VERSION, __version__
 from llmca_data.envs.base import EnvSpec
 
 METADATA_KEY = b"llmca"
+ANNOTATION_STATUSES: tuple[str, ...] = ("ok", "repaired", "failed")
+"""``annotations.status`` values: valid reply, valid after a corrective retry, failed (NaN credits)."""
 
 
 def fsl(dtype: pa.DataType, *shape: int) -> pa.DataType:

@@ -163,14 +163,6 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
         ) from exc
 
 
-def split_by_size(table: pa.Table, max_bytes: int = MAX_SHARD_BYTES) -> list[pa.Table]:
-    """Split rows into consecutive pieces of at most ``max_bytes`` uncompressed each."""
-    if table.num_rows == 0 or table.nbytes <= max_bytes:
-        return [table]
-    rows_per = max(1, int(table.num_rows * max_bytes / table.nbytes))
-    return [table.slice(i, rows_per) for i in range(0, table.num_rows, rows_per)]
-
-
 class Manifest:
     """The set of committed data files of a dataset directory."""
 

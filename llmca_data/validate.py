@@ -25,7 +25,15 @@ from llmca_data.envs.base import EnvSpec
 from llmca_data.errors import LlmcaError
 from llmca_data.info import load_info, spec_from_info
 from llmca_data.layout import INFO_PATH, MANIFEST_PATH, PENDING_PATH, ShardName, data_files, is_build_file
-from llmca_data.schema import annotations_schema, episodes_schema, from_fsl, fsl, schema_mismatch, steps_schema
+from llmca_data.schema import (
+    ANNOTATION_STATUSES,
+    annotations_schema,
+    episodes_schema,
+    from_fsl,
+    fsl,
+    schema_mismatch,
+    steps_schema,
+)
 from llmca_data.shards import Manifest, read_shard, sha256_file
 
 
@@ -162,9 +170,9 @@ def _check_schema(rel: str, table: pa.Table, spec: EnvSpec, kind: str, report: V
 
 
 def _check_annotations(rel: str, table: pa.Table, report: ValidationReport) -> None:
-    statuses = set(table.column("status").to_pylist())
-    if statuses - {"ok", "repaired", "failed"}:
-        report.add(rel, f"unknown status values {sorted(statuses - {'ok', 'repaired', 'failed'})}")
+    unknown = set(table.column("status").to_pylist()) - set(ANNOTATION_STATUSES)
+    if unknown:
+        report.add(rel, f"unknown status values {sorted(unknown)}")
     keys = table.select(["episode_id", "critic"]).to_pylist()
     if len({(k["episode_id"], k["critic"]) for k in keys}) != len(keys):
         report.add(rel, "duplicate (episode_id, critic) rows")

@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmca_data.annotation.branch import Brancher, discounted_window_returns
-from llmca_data.annotation.critic import UnknownCriticIdError, make_critic
+from llmca_data.annotation.critic import make_critic
 from llmca_data.annotation.shapley import efficient_credits, shapley_exact, shapley_sampled
 from llmca_data.envs import make_env
+from llmca_data.errors import UnknownCriticError
 from llmca_data.rollout import Episode, run_episode, tier_rng
 from llmca_data.tiers import tier_policy
 
@@ -127,5 +128,5 @@ def test_an_episode_the_env_does_not_reproduce_fails_with_nan() -> None:
 
 
 def test_unknown_critic_names_the_valid_ones() -> None:
-    with pytest.raises(UnknownCriticIdError, match="uniform, shapley, counterfactual"):
+    with pytest.raises(UnknownCriticError, match="uniform, shapley, counterfactual"):
         make_critic("shapely")
