@@ -52,3 +52,9 @@ def test_cli_imports_stages_lazily() -> None:
         for node in tree.body:
             if isinstance(node, ast.ImportFrom) and node.module:
                 assert stage_of(node.module) in (None, "core", "cli"), f"{path.name}: top-level import {node.module}"
+
+
+def test_test_module_basenames_are_unique() -> None:
+    """pytest's default import mode refuses two test files with one basename (no __init__.py here)."""
+    names = [p.name for p in (ROOT / "tests").rglob("test_*.py")]
+    assert len(names) == len(set(names)), sorted(n for n in set(names) if names.count(n) > 1)
