@@ -1,8 +1,8 @@
 """Train any baseline by its id: the one entry point the CLI and the pipeline call.
 
-Input: an algorithm id (CONTRACT: ``bc``, ``iql-cql``, ``vdn-cql``, ``d3rlpy-bc``,
-``d3rlpy-cql``, ``d3rlpy-bcq``), a dataset (directory or Hub repo id), an env id, tiers, a
-reward source and training settings (optionally a JSON config file). Output: a run
+Input: an algorithm id (CONTRACT: ``bc``, ``iql-cql``, ``vdn-cql``, ``qmix-cql``,
+``d3rlpy-bc``, ``d3rlpy-cql``, ``d3rlpy-bcq``), a dataset (directory or Hub repo id), an env
+id, tiers, a reward source and training settings (optionally a JSON config file). Output: a run
 directory (``config.json``, ``model.safetensors``, ``metrics.jsonl``) that ``evaluate_run``
 and ``load_policy`` accept.
 """
@@ -18,7 +18,7 @@ from llmca_data.errors import LlmcaError
 
 from .networks import Progress
 
-TORCH_ALGOS = ("bc", "iql-cql", "vdn-cql")
+TORCH_ALGOS = ("bc", "iql-cql", "vdn-cql", "qmix-cql")
 D3RLPY_ALGOS = ("d3rlpy-bc", "d3rlpy-cql", "d3rlpy-bcq")
 ALGOS = TORCH_ALGOS + D3RLPY_ALGOS
 
@@ -44,8 +44,8 @@ def train(
     """Train ``algo`` and return its run directory.
 
     ``reward`` (``team``, ``env`` or ``credit_<critic>``) is used by the independent learners
-    (``iql-cql`` and the d3rlpy runners); ``bc`` ignores rewards and ``vdn-cql`` always learns
-    from the team reward (it assigns credit implicitly). ``overrides`` sets any field of the
+    (``iql-cql`` and the d3rlpy runners); ``bc`` ignores rewards and ``vdn-cql`` / ``qmix-cql``
+    always learn from the team reward (they assign credit implicitly). ``overrides`` sets any field of the
     algorithm's config dataclass (e.g. from ``--config FILE``).
     """
     if algo not in ALGOS:
@@ -65,6 +65,10 @@ def train(
         from .vdn_cql import VDNCQLConfig, train_vdn_cql
 
         return train_vdn_cql(dataset, env_id, tiers, out_dir, VDNCQLConfig.from_dict(settings), progress)
+    if algo == "qmix-cql":
+        from .qmix_cql import QMIXCQLConfig, train_qmix_cql
+
+        return train_qmix_cql(dataset, env_id, tiers, out_dir, QMIXCQLConfig.from_dict(settings), progress)
     if algo in D3RLPY_ALGOS:
         from .d3rlpy_runner import train_d3rlpy
 

@@ -1,4 +1,4 @@
-"""Contract and learning tests of the torch baselines ``bc``, ``iql-cql`` and ``vdn-cql``."""
+"""Contract and learning tests of the torch baselines ``bc``, ``iql-cql``, ``vdn-cql`` and ``qmix-cql``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from llmca_data.baselines.bc import BCConfig, fit_bc, train_bc
 from llmca_data.baselines.iql_cql import IQLCQLConfig, fit_iql_cql, td_targets, train_iql_cql
 from llmca_data.baselines.networks import AgentNet, TrainConfig, masked_argmax
 from llmca_data.baselines.policy import RUN_CONFIG, RUN_METRICS, RUN_WEIGHTS, DecentralisedPolicy, load_policy
+from llmca_data.baselines.qmix_cql import QMIXCQLConfig, QMixer, fit_qmix_cql, qmix_targets, train_qmix_cql
 from llmca_data.baselines.vdn_cql import VDNCQLConfig, fit_vdn_cql, train_vdn_cql, vdn_targets
 from llmca_data.collect import CollectConfig, collect
 from llmca_data.envs import make_env
@@ -31,6 +32,7 @@ TRAINERS: dict[str, tuple[Callable[..., Path], Callable[..., Any], type[TrainCon
     "bc": (train_bc, fit_bc, BCConfig, {}),
     "iql-cql": (train_iql_cql, fit_iql_cql, IQLCQLConfig, {"reward": "env"}),
     "vdn-cql": (train_vdn_cql, fit_vdn_cql, VDNCQLConfig, {}),
+    "qmix-cql": (train_qmix_cql, fit_qmix_cql, QMIXCQLConfig, {}),
 }
 
 
@@ -55,7 +57,8 @@ def test_contract(algo: str, lbf_dataset: Path, tmp_path: Path) -> None:
 
     with safe_open(str(run / RUN_WEIGHTS), framework="pt") as f:  # safetensors: no pickle involved
         names = list(f.keys())
-    assert names and all(k.startswith("agent_net.") for k in names)
+    assert any(k.startswith("agent_net.") for k in names)
+    assert all(k.startswith(("agent_net.", "mixer.") if algo == "qmix-cql" else "agent_net.") for k in names)
 
     # The same training in memory (same data, config and seed) is the reference the reloaded policy must match.
     data = OfflineDataset.open(lbf_dataset, ENV).transitions(reward=extra.get("reward", "team"))
@@ -187,3 +190,31 @@ def test_config_round_trip_keeps_types() -> None:
     again = IQLCQLConfig.from_dict(json.loads(json.dumps({**config.to_dict(), "algo": "iql-cql"})))
     assert again == config and isinstance(again.hidden, tuple)
     assert dataclasses.replace(config, seed=4).seed == 4
+
+
+def test_qmix_mixer_is_monotonic_and_target_uses_team_reward() -> None:
+    torch.manual_seed(0)
+    mixer = QMixer(n_agents=2, state_dim=6, hidden=8)
+    state = torch.randn(1, 6).expand(50, 6)  # [B, S]: one random state
+    for i in range(2):
+        q = torch.randn(1, 2).expand(50, 2).clone()  # [B, N]
+        q[:, i] = torch.linspace(-5.0, 5.0, 50)
+        with torch.no_grad():
+            q_tot = mixer(q, state)  # [B]
+        assert (q_tot.diff() >= -1e-6).all(), f"Q_tot decreases in Q_{i}"
+    q = torch.randn(16, 2, requires_grad=True)
+    mixer(q, torch.randn(16, 6)).sum().backward()
+    assert q.grad is not None and (q.grad >= 0).all()
+
+    online, target = AgentNet(5, 2, 4, (8,)), AgentNet(5, 2, 4, (8,))
+    team = torch.tensor([0.5, 2.0, -1.0, 0.0]).unsqueeze(1).expand(4, 2).clone()  # [B, N] reward_team
+    batch, gamma = {**_batch(team), "next_state": torch.randn(4, 6)}, 0.9
+    y = qmix_targets(batch, online, target, mixer, gamma)  # [B]
+    torch.testing.assert_close(y[1], team[1, 0])  # terminated: exactly the team reward
+    with torch.no_grad():
+        best = masked_argmax(online(batch["next_obs"]), batch["next_action_mask"])  # [B, N]
+        q_next = target(batch["next_obs"]).gather(-1, best.unsqueeze(-1)).squeeze(-1)  # [B, N]
+        boot = gamma * mixer(q_next, batch["next_state"]) * (~batch["terminated"]).float()  # [B]
+    torch.testing.assert_close(y, team[:, 0] + boot)  # truncated row 2 still bootstraps
+    shifted = qmix_targets({**batch, "reward": team + 1.0}, online, target, mixer, gamma)
+    torch.testing.assert_close(shifted - y, torch.ones(4))

@@ -1,0 +1,176 @@
+"""Monotonic value factorisation (QMIX) with a conservative penalty (``qmix-cql``).
+
+Input: a dataset directory (or Hub repo id), one env id and some tiers. Output: a run
+directory (``config.json``, ``model.safetensors``, ``metrics.jsonl``).
+
+QMIX learns from the *team* reward only. The chosen per-agent values are mixed by a network
+whose weights come from hypernetworks on the global ``state`` and are made non-negative
+(``abs``), so ``Q_tot`` is monotonic in every ``Q_i`` and each agent's greedy action is
+consistent with the joint greedy action::
+
+    Q_tot(s, o, a) = Mix_s(Q_1(o_1, a_1), ..., Q_N(o_N, a_N)),   dQ_tot / dQ_i >= 0
+    y = r_team + gamma * (1 - terminated) * Mix'_{s'}(Q'_i(o'_i, argmax_{legal a} Q_i(o'_i, a)))   (Double DQN)
+    loss = (Q_tot - y)^2 + cql_alpha * mean_i [logsumexp_{legal a} Q_i(o_i, a) - Q_i(o_i, a_i)]
+
+Execution is decentralised: agent i acts greedily on its own Q_i (the mixer is needed only
+for training, but is saved too, under ``mixer.*``). The target agent net and target mixer
+follow the online ones by Polyak averaging (``tau``); truncated steps bootstrap.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .networks import (
+    AgentNet,
+    GreedyPolicy,
+    Progress,
+    TrainConfig,
+    cql_penalty,
+    double_q_next,
+    load_agent_net,
+    load_data,
+    net_tensors,
+    resolve_device,
+    run_config,
+    soft_update,
+    train_loop,
+)
+from .policy import DecentralisedPolicy, register, save_run
+
+ALGO = "qmix-cql"
+MIXER_PREFIX = "mixer."
+"""Safetensors names of the mixing network: ``mixer.<state_dict key>``."""
+
+
+@dataclass(frozen=True)
+class QMIXCQLConfig(TrainConfig):
+    """QMIX + CQL hyperparameters (the shared ``TrainConfig`` fields plus these)."""
+
+    gamma: float = 0.99
+    """Discount factor."""
+    cql_alpha: float = 1.0
+    """Weight of the per-agent conservative penalty (0 gives plain offline QMIX)."""
+    tau: float = 0.005
+    """Polyak rate of the target networks after each step (1.0 copies them every step)."""
+    mixer_hidden: int = 32
+    """Width of the mixing network's hidden layer (and of its hypernetworks)."""
+
+
+class QMixer(nn.Module):
+    """Mixes per-agent values ``[B, N]`` into ``Q_tot`` ``[B]``, monotonically, conditioned on ``state``."""
+
+    def __init__(self, n_agents: int, state_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.n_agents, self.state_dim, self.hidden = n_agents, state_dim, hidden
+        self.hyper_w1 = nn.Linear(state_dim, n_agents * hidden)
+        self.hyper_b1 = nn.Linear(state_dim, hidden)
+        self.hyper_w2 = nn.Linear(state_dim, hidden)
+        self.hyper_b2 = nn.Sequential(nn.Linear(state_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """``q`` [B, N] chosen per-agent values, ``state`` [B, S] → ``Q_tot`` [B]."""
+        b = q.shape[0]
+        w1 = self.hyper_w1(state).abs().view(b, self.n_agents, self.hidden)  # [B, N, H] >= 0
+        b1 = self.hyper_b1(state).unsqueeze(1)  # [B, 1, H]
+        h = F.elu(torch.bmm(q.unsqueeze(1), w1) + b1)  # [B, 1, H]
+        w2 = self.hyper_w2(state).abs().unsqueeze(-1)  # [B, H, 1] >= 0
+        v = self.hyper_b2(state)  # [B, 1]: state-dependent bias V(s)
+        out: torch.Tensor = torch.bmm(h, w2).view(b, 1) + v  # [B, 1]
+        return out.squeeze(-1)  # [B]
+
+
+def qmix_targets(
+    batch: dict[str, torch.Tensor],
+    online: AgentNet,
+    target: AgentNet,
+    target_mixer: QMixer,
+    gamma: float,
+) -> torch.Tensor:
+    """Team Double-DQN target ``y`` [B]: the target mixer over the target net's values of the online argmax."""
+    q_next = double_q_next(online, target, batch["next_obs"], batch["next_action_mask"])  # [B, N]
+    with torch.no_grad():
+        q_next_tot: torch.Tensor = target_mixer(q_next, batch["next_state"])  # [B]
+    not_done = (~batch["terminated"]).float()  # [B]: truncation bootstraps
+    r_team = batch["reward"][:, 0]  # [B]: loaded with reward="team", every column is reward_team
+    return r_team + gamma * not_done * q_next_tot  # [B]
+
+
+def qmix_cql_loss(
+    batch: dict[str, torch.Tensor],
+    online: AgentNet,
+    mixer: QMixer,
+    target: AgentNet,
+    target_mixer: QMixer,
+    config: QMIXCQLConfig,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """TD loss of the mixed ``Q_tot`` against the team target, plus the per-agent CQL penalty."""
+    q = online(batch["obs"])  # [B, N, A]
+    q_chosen = q.gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)  # [B, N]
+    q_tot = mixer(q_chosen, batch["state"])  # [B]
+    y = qmix_targets(batch, online, target, target_mixer, config.gamma)  # [B]
+    td = F.mse_loss(q_tot, y)
+    cql = cql_penalty(q, batch["action_mask"], batch["action"])
+    return td + config.cql_alpha * cql, {"td_loss": td.item(), "cql": cql.item(), "q_tot_mean": q_tot.mean().item()}
+
+
+def fit_qmix_cql(
+    data: dict[str, torch.Tensor],
+    info: dict[str, Any],
+    out_dir: Path,
+    config: QMIXCQLConfig,
+    progress: Progress | None = None,
+) -> tuple[Path, GreedyPolicy]:
+    """Train on resident transition tensors (team reward, global ``state``) and write the run directory."""
+    torch.manual_seed(config.seed)
+    body = {**run_config(ALGO, data, config, info), "state_dim": int(data["state"].shape[-1])}
+    device = data["obs"].device
+    online = AgentNet(body["obs_dim"], body["n_agents"], body["n_actions"], config.hidden).to(device)
+    mixer = QMixer(body["n_agents"], body["state_dim"], config.mixer_hidden).to(device)
+    target = copy.deepcopy(online).requires_grad_(False)
+    target_mixer = copy.deepcopy(mixer).requires_grad_(False)
+
+    def after_step(_: int) -> None:
+        soft_update(target, online, config.tau)
+        soft_update(target_mixer, mixer, config.tau)
+
+    train_loop(
+        lambda b: qmix_cql_loss(b, online, mixer, target, target_mixer, config),
+        [*online.parameters(), *mixer.parameters()],
+        data,
+        config,
+        out_dir,
+        progress,
+        after_step=after_step,
+    )
+    tensors = {**net_tensors(online), **{MIXER_PREFIX + k: v for k, v in mixer.state_dict().items()}}
+    save_run(out_dir, body, tensors)
+    return out_dir, GreedyPolicy(ALGO, online, str(device))
+
+
+def train_qmix_cql(
+    dataset_path: str | Path,
+    env_id: str,
+    tiers: str | Sequence[str] | None,
+    out_dir: Path,
+    config: QMIXCQLConfig,
+    progress: Progress | None = None,
+) -> Path:
+    """QMIX + CQL on ``env_id`` (``tiers``), always from the team reward."""
+    device = resolve_device(config.device)
+    data, info = load_data(dataset_path, env_id, tiers, "team", device)
+    return fit_qmix_cql(data, info, Path(out_dir), config, progress)[0]
+
+
+@register(ALGO)
+def load_qmix_cql(config: dict[str, Any], tensors: dict[str, Any], device: str) -> DecentralisedPolicy:
+    """Rebuild a ``qmix-cql`` policy (each agent greedy on its own Q_i; the mixer is not needed) from a run."""
+    return GreedyPolicy(ALGO, load_agent_net(config, tensors, device), device)
