@@ -25,7 +25,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +40,12 @@ from .networks import (
     TrainConfig,
     cql_penalty,
     double_q_next,
+    fit_q_learner,
     load_agent_net,
     load_data,
-    net_tensors,
     resolve_device,
-    run_config,
-    soft_update,
-    train_loop,
 )
-from .policy import DecentralisedPolicy, register, save_run
+from .policy import DecentralisedPolicy, register
 
 ALGO = "iql-cql"
 
@@ -97,22 +93,7 @@ def fit_iql_cql(
     progress: Progress | None = None,
 ) -> tuple[Path, GreedyPolicy]:
     """Train on resident transition tensors (``reward`` already chosen) and write the run directory."""
-    torch.manual_seed(config.seed)
-    body = run_config(ALGO, data, config, info)
-    device = data["obs"].device
-    online = AgentNet(body["obs_dim"], body["n_agents"], body["n_actions"], config.hidden).to(device)
-    target = copy.deepcopy(online).requires_grad_(False)
-    train_loop(
-        lambda b: iql_cql_loss(b, online, target, config),
-        list(online.parameters()),
-        data,
-        config,
-        out_dir,
-        progress,
-        after_step=lambda _: soft_update(target, online, config.tau),
-    )
-    save_run(out_dir, body, net_tensors(online))
-    return out_dir, GreedyPolicy(ALGO, online, str(device))
+    return fit_q_learner(ALGO, data, info, out_dir, config, lambda b, o, t: iql_cql_loss(b, o, t, config), progress)
 
 
 def train_iql_cql(

@@ -11,6 +11,7 @@ greedy action depends on nothing but its own observation, its legal actions and 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import time
@@ -25,7 +26,7 @@ from torch import nn
 
 from llmca_data.loaders import OfflineDataset, sample_batch
 
-from .policy import RUN_METRICS
+from .policy import RUN_METRICS, save_run
 
 ILLEGAL = -1e9
 """Value given to illegal actions before an argmax / softmax (finite, so 0 * ILLEGAL stays 0)."""
@@ -207,6 +208,35 @@ def split_episodes(
     perm = torch.randperm(ids.numel(), generator=gen).to(ids.device)
     is_val = torch.isin(ep, ids[perm[:n_val]])  # [M]
     return {k: v[~is_val] for k, v in data.items()}, {k: v[is_val] for k, v in data.items()}
+
+
+def fit_q_learner(
+    algo: str,
+    data: dict[str, torch.Tensor],
+    info: dict[str, Any],
+    out_dir: Path,
+    config: Any,
+    loss: Callable[[dict[str, torch.Tensor], AgentNet, AgentNet], tuple[torch.Tensor, dict[str, float]]],
+    progress: Progress | None = None,
+) -> tuple[Path, GreedyPolicy]:
+    """Plumbing shared by the Q-learners with one agent net: seed, online and Polyak-updated target
+    nets, the train loop, the run directory. ``loss(batch, online, target)`` is the algorithm."""
+    torch.manual_seed(config.seed)
+    body = run_config(algo, data, config, info)
+    device = data["obs"].device
+    online = AgentNet(body["obs_dim"], body["n_agents"], body["n_actions"], config.hidden).to(device)
+    target = copy.deepcopy(online).requires_grad_(False)
+    train_loop(
+        lambda b: loss(b, online, target),
+        list(online.parameters()),
+        data,
+        config,
+        out_dir,
+        progress,
+        after_step=lambda _: soft_update(target, online, config.tau),
+    )
+    save_run(out_dir, body, net_tensors(online))
+    return out_dir, GreedyPolicy(algo, online, str(device))
 
 
 def train_loop(

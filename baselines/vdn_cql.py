@@ -16,7 +16,6 @@ the online one by Polyak averaging (``tau``); truncated steps bootstrap.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,15 +31,12 @@ from .networks import (
     TrainConfig,
     cql_penalty,
     double_q_next,
+    fit_q_learner,
     load_agent_net,
     load_data,
-    net_tensors,
     resolve_device,
-    run_config,
-    soft_update,
-    train_loop,
 )
-from .policy import DecentralisedPolicy, register, save_run
+from .policy import DecentralisedPolicy, register
 
 ALGO = "vdn-cql"
 
@@ -85,22 +81,7 @@ def fit_vdn_cql(
     progress: Progress | None = None,
 ) -> tuple[Path, GreedyPolicy]:
     """Train on resident transition tensors (team reward) and write the run directory."""
-    torch.manual_seed(config.seed)
-    body = run_config(ALGO, data, config, info)
-    device = data["obs"].device
-    online = AgentNet(body["obs_dim"], body["n_agents"], body["n_actions"], config.hidden).to(device)
-    target = copy.deepcopy(online).requires_grad_(False)
-    train_loop(
-        lambda b: vdn_cql_loss(b, online, target, config),
-        list(online.parameters()),
-        data,
-        config,
-        out_dir,
-        progress,
-        after_step=lambda _: soft_update(target, online, config.tau),
-    )
-    save_run(out_dir, body, net_tensors(online))
-    return out_dir, GreedyPolicy(ALGO, online, str(device))
+    return fit_q_learner(ALGO, data, info, out_dir, config, lambda b, o, t: vdn_cql_loss(b, o, t, config), progress)
 
 
 def train_vdn_cql(

@@ -73,6 +73,18 @@ class WrappedEnv:
 
     _raw: Any
     _obs: FloatArray
+    _done: bool
+    env_id: str
+    n_agents: int
+
+    def _checked_actions(self, actions: npt.ArrayLike) -> list[int]:
+        """The joint action as a list of N ints; refuses a step after the episode ended."""
+        if self._done:
+            raise RuntimeError(f"{self.env_id}: the episode has ended (or reset was never called); call reset(seed)")
+        acts: list[int] = np.asarray(actions).reshape(-1).tolist()
+        if len(acts) != self.n_agents:
+            raise ValueError(f"{self.env_id}: expected {self.n_agents} actions, got {len(acts)}")
+        return acts
 
     @property
     def raw(self) -> Any:

@@ -145,12 +145,7 @@ class LBFEnv(WrappedEnv):
         return self._obs
 
     def step(self, actions: npt.ArrayLike) -> Step:
-        if self._done:
-            raise RuntimeError(f"{self.env_id}: the episode has ended (or reset was never called); call reset(seed)")
-        acts = np.asarray(actions).reshape(-1).tolist()
-        if len(acts) != self.n_agents:
-            raise ValueError(f"{self.env_id}: expected {self.n_agents} actions, got {len(acts)}")
-        nobs, rewards, done, _, _ = self._raw.step(acts)
+        nobs, rewards, done, _, _ = self._raw.step(self._checked_actions(actions))
         self._obs = nobs if self.fast_obs else np.stack(nobs)  # [N, obs_dim]
         self._mask = None
         terminated = truncated = False
