@@ -72,7 +72,8 @@ class LLMConfig:
     noise_std: float = 0.0
     noise_seed: int = 0
     concurrency: int = 1
-    timeout_s: float = 120.0
+    timeout_s: float = 300.0
+    """Seconds per request (the small local model on a busy 2-core machine can need minutes)."""
     max_retries: int = 4
     retry_backoff_s: float = 1.0
     """First wait before a retry; doubles each time (``Retry-After`` wins when the server sends it)."""
