@@ -49,4 +49,8 @@ def test_pipeline_runs_end_to_end_and_reruns_for_free(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     rerun = json.loads((out / "pipeline.json").read_text())
     assert all(c["new_episodes"] == 0 for c in rerun["collect"])
-    assert all(a["episodes"] == 0 for a in rerun["annotate"] + rerun["annotate_llm"])  # nothing recomputed
+    assert all(a["episodes"] == 0 for a in rerun["annotate"])  # nothing recomputed
+    # The LLM stage redoes exactly the episodes that failed before (a rerun retries failures; a slow,
+    # busy machine can time a request out); everything else comes from the cache.
+    failed_before = sum(int(a["failed"]) for a in record["annotate_llm"])
+    assert sum(int(a["episodes"]) for a in rerun["annotate_llm"]) == failed_before
