@@ -34,6 +34,7 @@ from .networks import (
     load_data,
     masked_fill_illegal,
     net_tensors,
+    online_evaluator,
     resolve_device,
     run_config,
     train_loop,
@@ -79,7 +80,9 @@ def fit_bc(
     torch.manual_seed(config.seed)
     body = run_config(ALGO, data, config, info)
     net = AgentNet(body["obs_dim"], body["n_agents"], body["n_actions"], config.hidden).to(data["obs"].device)
-    train_loop(lambda b: bc_loss(net, b, config.weight_decay), list(net.parameters()), data, config, out_dir, progress)
+    evaluate = online_evaluator(ALGO, net, info, config)
+    loss = lambda b: bc_loss(net, b, config.weight_decay)  # noqa: E731
+    train_loop(loss, list(net.parameters()), data, config, out_dir, progress, evaluate=evaluate)
     save_run(out_dir, body, net_tensors(net))
     return out_dir, GreedyPolicy(ALGO, net, str(data["obs"].device))
 

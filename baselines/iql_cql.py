@@ -12,6 +12,10 @@ i's TD target uses its *own* reward column::
     loss = mean_i (Q_i(o_i, a_i) - y_i)^2
          + cql_alpha * mean_i [logsumexp_{legal a} Q_i(o_i, a) - Q_i(o_i, a_i)]
 
+LLM-TACA (``task_input="llm-taca"``): agent i's assigned task (one-hot) is appended to its
+input and dropped with a probability ramped linearly to 1 (``TaskDropout``), so the final
+policy acts without it.
+
 Only ``terminated`` stops bootstrapping: a time-limit truncation bootstraps from ``next_obs``.
 The target network follows the online one by Polyak averaging (``tau``).
 
@@ -37,6 +41,7 @@ from .networks import (
     AgentNet,
     GreedyPolicy,
     Progress,
+    TaskDropout,
     TrainConfig,
     cql_penalty,
     double_q_next,
@@ -62,11 +67,21 @@ class IQLCQLConfig(TrainConfig):
     """Weight of the conservative penalty (0 gives plain offline Double DQN)."""
     tau: float = 0.005
     """Polyak rate of the target network after each step (1.0 copies it every step)."""
+    task_input: str | None = None
+    """LLM-TACA: a task critic (``llm-taca``) whose task, one-hot, is appended to each agent's input."""
+    task_dropout_end: float = 0.8
+    """Fraction of training at which the task input's dropout probability (linear from 0) reaches 1."""
 
 
-def td_targets(batch: dict[str, torch.Tensor], online: AgentNet, target: AgentNet, gamma: float) -> torch.Tensor:
+def td_targets(
+    batch: dict[str, torch.Tensor],
+    online: AgentNet,
+    target: AgentNet,
+    gamma: float,
+    next_task: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Per-agent Double-DQN targets ``y`` [B, N]; column i uses only agent i's reward ``reward[:, i]``."""
-    q_next = double_q_next(online, target, batch["next_obs"], batch["next_action_mask"])  # [B, N]
+    q_next = double_q_next(online, target, batch["next_obs"], batch["next_action_mask"], next_task)  # [B, N]
     not_done = (~batch["terminated"]).float().unsqueeze(-1)  # [B, 1]: truncation bootstraps
     # --- per-agent credit enters here: reward[:, i] is agent i's own team share / env reward / credit
     reward = batch["reward"]  # [B, N]
@@ -74,15 +89,29 @@ def td_targets(batch: dict[str, torch.Tensor], online: AgentNet, target: AgentNe
 
 
 def iql_cql_loss(
-    batch: dict[str, torch.Tensor], online: AgentNet, target: AgentNet, config: IQLCQLConfig
+    batch: dict[str, torch.Tensor],
+    online: AgentNet,
+    target: AgentNet,
+    config: IQLCQLConfig,
+    dropout: TaskDropout | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """TD loss of every agent against its own target, plus the per-agent CQL penalty."""
-    q = online(batch["obs"])  # [B, N, A]
+    """TD loss of every agent against its own target, plus the per-agent CQL penalty.
+
+    With a task input (``batch["task"]`` and a ``dropout`` schedule) each agent's task is
+    dropped with the schedule's current probability before both Q evaluations.
+    """
+    task = next_task = None
+    extras: dict[str, float] = {}
+    if dropout is not None:
+        task, next_task = dropout.apply(batch["task"], batch["next_task"])  # [B, N] each
+        extras["task_dropout"] = dropout.p
+    q = online(batch["obs"], task)  # [B, N, A]
     q_data = q.gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)  # [B, N]
-    y = td_targets(batch, online, target, config.gamma)  # [B, N]
+    y = td_targets(batch, online, target, config.gamma, next_task)  # [B, N]
     td = F.mse_loss(q_data, y)
     cql = cql_penalty(q, batch["action_mask"], batch["action"])
-    return td + config.cql_alpha * cql, {"td_loss": td.item(), "cql": cql.item(), "q_mean": q_data.mean().item()}
+    extras.update(td_loss=td.item(), cql=cql.item(), q_mean=q_data.mean().item())
+    return td + config.cql_alpha * cql, extras
 
 
 def fit_iql_cql(
@@ -92,8 +121,21 @@ def fit_iql_cql(
     config: IQLCQLConfig,
     progress: Progress | None = None,
 ) -> tuple[Path, GreedyPolicy]:
-    """Train on resident transition tensors (``reward`` already chosen) and write the run directory."""
-    return fit_q_learner(ALGO, data, info, out_dir, config, lambda b, o, t: iql_cql_loss(b, o, t, config), progress)
+    """Train on resident transition tensors (``reward`` already chosen; ``task``/``next_task``
+    present when ``config.task_input`` is set) and write the run directory."""
+    if config.task_input is not None and "task" not in data:
+        raise ValueError(f"task_input={config.task_input!r} needs 'task'/'next_task' tensors in the data")
+    dropout = TaskDropout(config.steps, config.task_dropout_end) if config.task_input is not None else None
+    return fit_q_learner(
+        ALGO,
+        data if dropout is not None else {k: v for k, v in data.items() if k not in ("task", "next_task")},
+        info,
+        out_dir,
+        config,
+        lambda b, o, t: iql_cql_loss(b, o, t, config, dropout),
+        progress,
+        on_step=None if dropout is None else dropout.update,
+    )
 
 
 def train_iql_cql(
@@ -106,7 +148,7 @@ def train_iql_cql(
 ) -> Path:
     """Independent Q-learning + CQL on ``env_id`` (``tiers``) with reward source ``config.reward``."""
     device = resolve_device(config.device)
-    data, info = load_data(dataset_path, env_id, tiers, config.reward, device)
+    data, info = load_data(dataset_path, env_id, tiers, config.reward, device, config.task_input)
     return fit_iql_cql(data, info, Path(out_dir), config, progress)[0]
 
 

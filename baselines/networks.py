@@ -18,10 +18,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from llmca_data.loaders import OfflineDataset, sample_batch
@@ -31,8 +32,20 @@ from .policy import RUN_METRICS, save_run
 ILLEGAL = -1e9
 """Value given to illegal actions before an argmax / softmax (finite, so 0 * ILLEGAL stays 0)."""
 
-Progress = Callable[[int, int], None]
-"""``progress(step, total_steps)``, called at every logged step."""
+
+class Progress(Protocol):
+    """``progress(step, total_steps, status)``, called at every logged step; ``status`` is a short
+    line such as ``"loss 0.412 · eval return 0.83 (71)"``."""
+
+    def __call__(self, done: int, total: int, status: str = "", /) -> None: ...
+
+
+Evaluator = Callable[[], dict[str, float | None]]
+"""Rolls the current policy out in the real env → ``{"eval_return", "eval_score"}``."""
+
+PERIODIC_EVAL_OFFSET = 1_000_000
+"""Evaluation seed index of the first periodic (during-training) episode: far from the final
+evaluation's seeds ``eval_seed(0..)``, so training never looks at them."""
 
 LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 """``loss_fn(batch) -> (scalar loss, extra metrics)``."""
@@ -58,6 +71,10 @@ class TrainConfig:
     """Log a ``metrics.jsonl`` row (with the validation loss) every this many steps."""
     val_fraction: float = 0.1
     """Fraction of episodes held out for the validation loss (split by episode, never by step)."""
+    eval_episodes: int = 5
+    """Episodes of each periodic evaluation in the real env (0 turns it off)."""
+    online_eval_every: int = 500
+    """Roll the current greedy policy out every this many steps (and at the last step)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (``hidden`` as a list)."""
@@ -85,13 +102,17 @@ def resolve_device(device: str) -> str:
 
 
 class AgentNet(nn.Module):
-    """MLP over ``[obs_i, onehot(i)]`` → one value (logit or Q-value) per action, shared by all agents."""
+    """MLP over ``[obs_i, onehot(i), onehot(task_i)]`` → one value (logit or Q-value) per action, shared by all agents.
 
-    def __init__(self, obs_dim: int, n_agents: int, n_actions: int, hidden: Sequence[int]) -> None:
+    ``n_tasks`` > 0 adds an LLM-TACA task input; task −1 (or no ``task`` at all, as at
+    evaluation) is the all-zero vector, so a policy trained with task dropout runs without it.
+    """
+
+    def __init__(self, obs_dim: int, n_agents: int, n_actions: int, hidden: Sequence[int], n_tasks: int = 0) -> None:
         super().__init__()
-        self.obs_dim, self.n_agents, self.n_actions = obs_dim, n_agents, n_actions
+        self.obs_dim, self.n_agents, self.n_actions, self.n_tasks = obs_dim, n_agents, n_actions, n_tasks
         layers: list[nn.Module] = []
-        width = obs_dim + n_agents
+        width = obs_dim + n_agents + n_tasks
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
@@ -99,10 +120,17 @@ class AgentNet(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
 
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """``obs`` [..., N, obs_dim] → values [..., N, A]."""
+    def forward(self, obs: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+        """``obs`` [..., N, obs_dim], ``task`` int64 [..., N] (−1 = none) → values [..., N, A]."""
         ids = self.get_buffer("agent_ids").expand(*obs.shape[:-1], self.n_agents)  # [..., N, N]
-        out: torch.Tensor = self.mlp(torch.cat([obs, ids], dim=-1))  # [..., N, A]
+        parts = [obs, ids]
+        if self.n_tasks:
+            if task is None:
+                parts.append(obs.new_zeros(*obs.shape[:-1], self.n_tasks))  # [..., N, K]
+            else:
+                onehot = F.one_hot(task.clamp(min=0), self.n_tasks).to(obs.dtype)  # [..., N, K]
+                parts.append(onehot * (task >= 0).unsqueeze(-1).to(obs.dtype))
+        out: torch.Tensor = self.mlp(torch.cat(parts, dim=-1))  # [..., N, A]
         return out
 
 
@@ -116,11 +144,17 @@ def masked_argmax(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return masked_fill_illegal(values, mask).argmax(dim=-1)
 
 
-def double_q_next(online: AgentNet, target: AgentNet, next_obs: torch.Tensor, next_mask: torch.Tensor) -> torch.Tensor:
+def double_q_next(
+    online: AgentNet,
+    target: AgentNet,
+    next_obs: torch.Tensor,
+    next_mask: torch.Tensor,
+    next_task: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Double-DQN next values: ``target`` evaluates the online net's best legal action → [B, N]."""
     with torch.no_grad():
-        best = masked_argmax(online(next_obs), next_mask)  # [B, N]
-        out: torch.Tensor = target(next_obs).gather(-1, best.unsqueeze(-1)).squeeze(-1)  # [B, N]
+        best = masked_argmax(online(next_obs, next_task), next_mask)  # [B, N]
+        out: torch.Tensor = target(next_obs, next_task).gather(-1, best.unsqueeze(-1)).squeeze(-1)  # [B, N]
         return out
 
 
@@ -155,6 +189,30 @@ class GreedyPolicy:
             return masked_argmax(self.net(o), m).cpu().numpy().astype(np.int64)
 
 
+class TaskDropout:
+    """LLM-TACA task input dropout whose probability ramps linearly from 0 to 1.
+
+    ``p`` reaches 1 at step ``end_fraction * total_steps`` and stays there, so the final policy
+    is trained (and evaluated) without the task, as it must act in the real env. A dropped task
+    is −1 (the zero one-hot) for that agent in both the step and its successor.
+    """
+
+    def __init__(self, total_steps: int, end_fraction: float) -> None:
+        if not 0 < end_fraction <= 1:
+            raise ValueError(f"task dropout must reach 1 within training: end fraction in (0, 1], got {end_fraction}")
+        self.end_step = max(1.0, end_fraction * total_steps)
+        self.p = 0.0
+
+    def update(self, step: int) -> None:
+        """Set ``p`` for the next update (``step`` updates done)."""
+        self.p = min(1.0, step / self.end_step)
+
+    def apply(self, task: torch.Tensor, next_task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``task``/``next_task`` int64 [B, N] with each (sample, agent) dropped with probability ``p``."""
+        drop = torch.rand(task.shape, device=task.device) < self.p  # [B, N]
+        return task.masked_fill(drop, -1), next_task.masked_fill(drop, -1)
+
+
 NET_PREFIX = "agent_net."
 """Safetensors names of the shared network: ``agent_net.<state_dict key>``."""
 
@@ -166,19 +224,49 @@ def net_tensors(net: AgentNet) -> dict[str, torch.Tensor]:
 
 def load_agent_net(config: dict[str, Any], tensors: dict[str, Any], device: str) -> AgentNet:
     """Rebuild the shared ``AgentNet`` of a run from ``config.json`` and its safetensors weights."""
-    net = AgentNet(int(config["obs_dim"]), int(config["n_agents"]), int(config["n_actions"]), config["hidden"])
+    n_tasks = int(config.get("n_tasks", 0))
+    net = AgentNet(int(config["obs_dim"]), int(config["n_agents"]), int(config["n_actions"]), config["hidden"], n_tasks)
     state = {k.removeprefix(NET_PREFIX): v for k, v in tensors.items() if k.startswith(NET_PREFIX)}
     net.load_state_dict(state, strict=True)
     return net.to(device)
 
 
+def online_evaluator(algo: str, net: AgentNet, info: dict[str, Any], config: TrainConfig) -> Evaluator | None:
+    """Periodic evaluation of ``net``'s greedy policy on ``info``'s env, or None when turned off."""
+    if config.eval_episodes < 1:
+        return None
+    from .evaluate import EvalConfig, evaluate_policy
+
+    eval_config = EvalConfig(episodes=config.eval_episodes, seed_offset=PERIODIC_EVAL_OFFSET)
+
+    def evaluate() -> dict[str, float | None]:
+        device = str(next(net.parameters()).device)
+        result = evaluate_policy(GreedyPolicy(algo, net, device), info["env_id"], info.get("env_kwargs"), eval_config)
+        net.train()
+        return {"eval_return": result["mean_return"], "eval_score": result["normalized_score"]}
+
+    return evaluate
+
+
 def load_data(
-    dataset_path: str | Path, env_id: str, tiers: str | Sequence[str] | None, reward: str, device: str
+    dataset_path: str | Path,
+    env_id: str,
+    tiers: str | Sequence[str] | None,
+    reward: str,
+    device: str,
+    tasks: str | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Whole dataset resident on ``device``, and the run facts for ``config.json``."""
+    """Whole dataset resident on ``device`` (with ``task``/``next_task`` when ``tasks`` names a task
+    critic), and the run facts for ``config.json``."""
     ds = OfflineDataset.open(dataset_path, env_id, tiers)
-    data = ds.transitions(reward=reward, device=device)
-    info = {"env_id": env_id, "tiers": list(ds.tiers), "dataset": str(dataset_path), "reward": reward}
+    data = ds.transitions(reward=reward, device=device, tasks=tasks)
+    info = {
+        "env_id": env_id,
+        "env_kwargs": dict(ds.spec.kwargs),
+        "tiers": list(ds.tiers),
+        "dataset": str(dataset_path),
+        "reward": reward,
+    }
     return data, info
 
 
@@ -192,6 +280,7 @@ def run_config(algo: str, data: dict[str, torch.Tensor], config: TrainConfig, in
         "n_agents": int(n),
         "obs_dim": int(d),
         "n_actions": int(data["action_mask"].shape[-1]),
+        "n_tasks": int(data["task"].max().clamp(min=0)) + 1 if "task" in data else 0,
     }
 
 
@@ -218,14 +307,23 @@ def fit_q_learner(
     config: Any,
     loss: Callable[[dict[str, torch.Tensor], AgentNet, AgentNet], tuple[torch.Tensor, dict[str, float]]],
     progress: Progress | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> tuple[Path, GreedyPolicy]:
     """Plumbing shared by the Q-learners with one agent net: seed, online and Polyak-updated target
-    nets, the train loop, the run directory. ``loss(batch, online, target)`` is the algorithm."""
+    nets, the train loop, the run directory. ``loss(batch, online, target)`` is the algorithm;
+    ``on_step(step)`` runs after each update (e.g. a schedule)."""
     torch.manual_seed(config.seed)
     body = run_config(algo, data, config, info)
     device = data["obs"].device
-    online = AgentNet(body["obs_dim"], body["n_agents"], body["n_actions"], config.hidden).to(device)
+    online = AgentNet(body["obs_dim"], body["n_agents"], body["n_actions"], config.hidden, body["n_tasks"])
+    online = online.to(device)
     target = copy.deepcopy(online).requires_grad_(False)
+
+    def after_step(step: int) -> None:
+        soft_update(target, online, config.tau)
+        if on_step is not None:
+            on_step(step)
+
     train_loop(
         lambda b: loss(b, online, target),
         list(online.parameters()),
@@ -233,7 +331,8 @@ def fit_q_learner(
         config,
         out_dir,
         progress,
-        after_step=lambda _: soft_update(target, online, config.tau),
+        after_step,
+        online_evaluator(algo, online, info, config),
     )
     save_run(out_dir, body, net_tensors(online))
     return out_dir, GreedyPolicy(algo, online, str(device))
@@ -247,12 +346,15 @@ def train_loop(
     out_dir: Path,
     progress: Progress | None = None,
     after_step: Callable[[int], None] | None = None,
+    evaluate: Evaluator | None = None,
 ) -> list[dict[str, float | None]]:
     """Adam on ``loss_fn`` over minibatches of the training episodes; logs ``out_dir/metrics.jsonl``.
 
     Every ``eval_every`` steps (and at the last) a row ``{"step", "loss", "val_loss", ..., "time_s"}``
     is written, ``val_loss`` (null without validation episodes) computed on up to 4096 held-out
-    transitions. ``after_step(step)`` runs after each update (e.g. target-network updates).
+    transitions. Every ``online_eval_every`` steps (and at the last) ``evaluate()`` adds
+    ``eval_return``/``eval_score`` to the row. ``after_step(step)`` runs after each update (e.g.
+    target-network updates). ``progress`` gets the loss and the last evaluation as its status.
     """
     train, val = split_episodes(data, config.val_fraction, config.seed)
     if train["obs"].shape[0] == 0:
@@ -263,6 +365,7 @@ def train_loop(
     optim = torch.optim.Adam(params, lr=config.lr)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, float | None]] = []
+    last_eval: dict[str, float | None] = {}
     start = time.monotonic()
     with (out_dir / RUN_METRICS).open("w") as log:
         for step in range(1, config.steps + 1):
@@ -272,17 +375,33 @@ def train_loop(
             optim.step()
             if after_step is not None:
                 after_step(step)
-            if step % config.eval_every == 0 or step == config.steps:
+            last = step == config.steps
+            evaluate_now = evaluate is not None and (step % config.online_eval_every == 0 or last)
+            if step % config.eval_every == 0 or last or evaluate_now:
                 val_loss: float | None = None
                 if val_batch["obs"].shape[0] > 0:
                     with torch.no_grad():
                         val_loss = float(loss_fn(val_batch)[0])
                 row: dict[str, float | None] = {"step": step, "loss": float(loss.detach()), "val_loss": val_loss}
                 row.update(extras)
+                if evaluate is not None and evaluate_now:
+                    last_eval = evaluate()
+                    row.update(last_eval)
                 row["time_s"] = round(time.monotonic() - start, 3)
                 rows.append(row)
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 if progress is not None:
-                    progress(step, config.steps)
+                    _report(progress, step, config.steps, row, last_eval)
     return rows
+
+
+def _report(
+    progress: Progress, step: int, total: int, row: dict[str, float | None], last_eval: dict[str, float | None]
+) -> None:
+    """Call ``progress`` with a ``loss … · eval return … (normalised score)`` status."""
+    status = f"loss {row['loss']:.4g}"
+    if last_eval:
+        score = last_eval.get("eval_score")
+        status += f" · eval return {last_eval['eval_return']:.3g}" + ("" if score is None else f" ({score:.0f})")
+    progress(step, total, status)

@@ -39,6 +39,7 @@ from .networks import (
     load_agent_net,
     load_data,
     net_tensors,
+    online_evaluator,
     resolve_device,
     run_config,
     soft_update,
@@ -149,7 +150,8 @@ def fit_qmix_cql(
         config,
         out_dir,
         progress,
-        after_step=after_step,
+        after_step,
+        online_evaluator(ALGO, online, info, config),
     )
     tensors = {**net_tensors(online), **{MIXER_PREFIX + k: v for k, v in mixer.state_dict().items()}}
     save_run(out_dir, body, tensors)

@@ -38,6 +38,7 @@ def train(
     steps: int = 2000,
     seed: int = 0,
     device: str = "auto",
+    task_input: str | None = None,
     overrides: dict[str, Any] | None = None,
     progress: Progress | None = None,
 ) -> Path:
@@ -45,11 +46,15 @@ def train(
 
     ``reward`` (``team``, ``env`` or ``credit_<critic>``) is used by the independent learners
     (``iql-cql`` and the d3rlpy runners); ``bc`` ignores rewards and ``vdn-cql`` / ``qmix-cql``
-    always learn from the team reward (they assign credit implicitly). ``overrides`` sets any field of the
-    algorithm's config dataclass (e.g. from ``--config FILE``).
+    always learn from the team reward (they assign credit implicitly). ``task_input`` (``llm-taca``,
+    ``iql-cql`` only) appends that critic's task assignment to each agent's input, with dropout
+    ramped to 1. ``overrides`` sets any field of the algorithm's config dataclass (e.g. from
+    ``--config FILE``).
     """
     if algo not in ALGOS:
         raise UnknownAlgorithmError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGOS)}")
+    if task_input is not None and algo != "iql-cql":
+        raise ValueError(f"--task-input is an iql-cql option (LLM-TACA); {algo} has no task input")
     settings = {"steps": steps, "seed": seed, "device": device, **(overrides or {})}
     if algo == "bc":
         from .bc import BCConfig, train_bc
@@ -59,7 +64,12 @@ def train(
         from .iql_cql import IQLCQLConfig, train_iql_cql
 
         return train_iql_cql(
-            dataset, env_id, tiers, out_dir, IQLCQLConfig.from_dict({**settings, "reward": reward}), progress
+            dataset,
+            env_id,
+            tiers,
+            out_dir,
+            IQLCQLConfig.from_dict({**settings, "reward": reward, "task_input": task_input}),
+            progress,
         )
     if algo == "vdn-cql":
         from .vdn_cql import VDNCQLConfig, train_vdn_cql

@@ -99,7 +99,7 @@ def time_ours(data: dict[str, torch.Tensor], info: dict[str, Any], batch: int, w
     )
     timer = SpanTimer()
     out = work / f"iql-cql-b{batch}"
-    fit_iql_cql(data, info, out, config, progress=lambda step, _total: timer.mark(step))
+    fit_iql_cql(data, info, out, config, progress=lambda step, _total, _status="": timer.mark(step))
     shutil.rmtree(out, ignore_errors=True)
     return timer.seconds()
 

@@ -199,6 +199,11 @@ class OfflineDataset:
         return tuple(sorted(self._critic_ids.values()))
 
     @property
+    def task_columns(self) -> tuple[str, ...]:
+        """The ``task_<critic>`` columns (LLM-TACA task assignments) in the selected steps shards."""
+        return tuple(sorted({c for s in self._steps for c in s.columns if c.startswith("task_")}))
+
+    @property
     def rewards(self) -> tuple[str, ...]:
         """Every accepted ``reward=`` value: ``team``, ``env`` and one ``credit_<critic>`` per critic."""
         return ("team", "env", *self._critic_ids)
@@ -230,7 +235,7 @@ class OfflineDataset:
         return scan if lazy else scan.collect()
 
     def transitions(
-        self, reward: str = "team", device: str = "cpu", normalize: bool = False
+        self, reward: str = "team", device: str = "cpu", normalize: bool = False, tasks: str | None = None
     ) -> dict[str, torch.Tensor]:
         """All selected steps as transition tensors (rows in shard order: tier, then episode, then t).
 
@@ -242,6 +247,8 @@ class OfflineDataset:
             normalize: rescale each step's reward so that its agents sum to ``reward_team``; a step
                 whose rewards sum to ~0 (below 1e-6) gets ``reward_team / N`` for every agent. With
                 ``team`` this gives the uniform split; ``env`` rewards already sum to ``reward_team``.
+            tasks: a task critic (``llm-taca`` or its column ``task_llm_taca``) whose assignments
+                to add as ``task``/``next_task`` [M, N] int64 (−1 where the critic assigned none).
 
         Returns:
             ``obs``/``next_obs`` [M, N, obs_dim] f32, ``action`` [M, N] i64, ``reward`` [M, N] f32,
@@ -250,10 +257,10 @@ class OfflineDataset:
             ``t`` [M] i64. The ``next_*`` of an episode's last step are its ``final_*`` columns.
         """
         th = _import("torch")
-        return {k: th.from_numpy(v).to(device) for k, v in self._arrays(reward, normalize).items()}
+        return {k: th.from_numpy(v).to(device) for k, v in self._arrays(reward, normalize, tasks).items()}
 
     def sequences(
-        self, length: int, reward: str = "team", device: str = "cpu", normalize: bool = False
+        self, length: int, reward: str = "team", device: str = "cpu", normalize: bool = False, tasks: str | None = None
     ) -> dict[str, torch.Tensor]:
         """Episodes cut into chunks of ``length`` steps, padded to ``[B, T=length, ...]``.
 
@@ -263,7 +270,7 @@ class OfflineDataset:
         if length < 1:
             raise LoaderError(f"sequence length must be >= 1, got {length}")
         th = _import("torch")
-        tr = self.transitions(reward, device, normalize)
+        tr = self.transitions(reward, device, normalize, tasks)
         ep = tr["episode_id"]  # [M]
         m = ep.shape[0]
         is_start = th.ones(m, dtype=th.bool, device=device)
@@ -326,10 +333,20 @@ class OfflineDataset:
             f"available: {', '.join(self.rewards)}"
         )
 
-    def _arrays(self, reward: str, normalize: bool) -> dict[str, np.ndarray]:
+    def _task_column(self, tasks: str) -> str:
+        name = tasks if tasks.startswith("task_") else "task_" + tasks.replace("-", "_")
+        if name not in self.task_columns:
+            present = ", ".join(self.task_columns) or "none (annotate with `llmca annotate --critic llm-taca`)"
+            raise UnknownCriticError(
+                f"no task column {name!r} for {self.env_id} ({', '.join(self.tiers)}); present: {present}"
+            )
+        return name
+
+    def _arrays(self, reward: str, normalize: bool, tasks: str | None = None) -> dict[str, np.ndarray]:
         """The numpy arrays behind ``transitions`` (see there)."""
         n, d, a, s = self.spec.n_agents, self.spec.obs_dim, self.spec.n_actions, self.spec.state_dim
         column = self._reward_column(reward)
+        task_column = None if tasks is None else self._task_column(tasks)
         layout: dict[str, tuple[tuple[int, ...], type]] = {
             "episode_id": ((), np.int64),
             "t": ((), np.int64),
@@ -344,6 +361,8 @@ class OfflineDataset:
         }
         if column != "reward_team":
             layout[column] = ((n,), np.float32)
+        if task_column is not None:
+            layout[task_column] = ((n,), np.int64)
         cols = _read(self._steps, layout)
         ep = cols["episode_id"]  # [M]
         ends = np.ones(ep.shape[0], np.bool_)
@@ -372,6 +391,10 @@ class OfflineDataset:
             scale = np.divide(team, total, out=np.zeros_like(team), where=ok)
             rew = np.where(ok[:, None], rew * scale[:, None], (team / n)[:, None]).astype(np.float32)
         cols["reward"] = rew
+        if task_column is not None:
+            cols["task"] = task = cols.pop(task_column)  # [M, N]
+            cols["next_task"] = np.concatenate([task[1:], task[-1:]])  # an episode's last step keeps its task
+            cols["next_task"][ends] = task[ends]
         final = self._finals(ep[ends], n, d, a, s)
         for key in ("obs", "state", "action_mask"):
             nxt = np.empty_like(cols[key])
@@ -397,7 +420,9 @@ class OfflineDataset:
 
 
 def _read(shards: list[_Shard], layout: dict[str, tuple[tuple[int, ...], type]]) -> dict[str, np.ndarray]:
-    """Decode ``layout``'s columns of ``shards`` into preallocated arrays (a credit column a shard lacks is NaN)."""
+    """Decode ``layout``'s columns of ``shards`` into preallocated arrays.
+
+    A credit column a shard lacks is NaN there, a task column −1."""
     total = sum(s.rows for s in shards)
     out: dict[str, np.ndarray] = {k: np.empty((total, *shape), dtype) for k, (shape, dtype) in layout.items()}
     start = 0
@@ -411,9 +436,9 @@ def _read(shards: list[_Shard], layout: dict[str, tuple[tuple[int, ...], type]])
         for key in layout:
             dest = out[key][start : start + shard.rows]
             if key not in shard.columns:
-                if not key.startswith("credit_"):
+                if not key.startswith(("credit_", "task_")):
                     raise ShardError(f"{shard.path}: no column {key}; run `llmca validate`")
-                dest[...] = np.nan  # a tier this critic never annotated
+                dest[...] = np.nan if key.startswith("credit_") else -1  # a tier this critic never annotated
                 continue
             at = 0
             for chunk in table.column(key).chunks:

@@ -338,7 +338,7 @@ def download_cmd(
 
 @app.command("train")
 def train_cmd(
-    algo: str = typer.Argument(..., help="bc | iql-cql | vdn-cql | d3rlpy-bc | d3rlpy-cql | d3rlpy-bcq"),
+    algo: str = typer.Argument(..., help="bc | iql-cql | vdn-cql | qmix-cql | d3rlpy-bc | d3rlpy-cql | d3rlpy-bcq"),
     dataset: str = typer.Option(..., "--dataset", help="Dataset directory or Hub repo id."),
     env: str = typer.Option(..., "--env", help="Env id, e.g. lbf-8x8-2p-2f."),
     tier: list[str] = typer.Option([], "--tier", help="Tier(s) to train on (repeatable; default all)."),
@@ -347,15 +347,24 @@ def train_cmd(
     seed: int = typer.Option(0, "--seed", help="Training seed."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda."),
     out: Path = typer.Option(..., "--out", help="Run directory (config.json, model.safetensors, metrics.jsonl)."),
-    config: Path = typer.Option(None, "--config", help="JSON file of config fields to override."),
+    task_input: str = typer.Option(
+        None, "--task-input", help="iql-cql: append this critic's task (llm-taca) to each agent's input, dropout→1."
+    ),
+    config: Path = typer.Option(
+        None, "--config", help="JSON file of config fields to override (e.g. eval_episodes, hidden, lr)."
+    ),
 ) -> None:
-    """Train an offline MARL baseline; credits as rewards turn LLM-MCA's training signal on."""
+    """Train an offline MARL baseline; credits as rewards turn LLM-MCA's training signal on.
+
+    The bar shows the loss and the last periodic evaluation (return and normalised score);
+    metrics.jsonl logs the training and held-out validation losses.
+    """
     from llmca_data.baselines.train import load_overrides, train
 
     with progress_bar(f"train {algo}", "steps") as update:
         run_dir = train(
             algo, dataset, env, tier or None, out, reward=reward, steps=steps, seed=seed, device=device,
-            overrides=load_overrides(config), progress=update,
+            task_input=task_input, overrides=load_overrides(config), progress=update,
         )  # fmt: skip
     console.print(f"trained {algo} on {env} ({reward} reward) → {run_dir}")
 
@@ -364,11 +373,14 @@ def train_cmd(
 def evaluate_cmd(
     run_dir: Path = typer.Argument(..., help="A run directory from `llmca train`."),
     episodes: int = typer.Option(20, "--episodes", min=1, help="Evaluation episodes (seeds disjoint from data)."),
+    seed_offset: int = typer.Option(
+        0, "--seeds", min=0, help="Index of the first evaluation seed: episode i plays eval_seed(SEEDS + i) ≥ 2^31."
+    ),
 ) -> None:
     """Roll the final policy out in the real env (decentralised) and write RUN_DIR/eval.json."""
     from llmca_data.baselines.evaluate import EvalConfig, evaluate_run
 
-    result = evaluate_run(run_dir, EvalConfig(episodes=episodes))
+    result = evaluate_run(run_dir, EvalConfig(episodes=episodes, seed_offset=seed_offset))
     score = result["normalized_score"]
     console.print(
         f"{result['env_id']}: return {result['mean_return']:.3f} ± {result['std_return']:.3f}, normalised "

@@ -135,7 +135,9 @@ def _bandit(n: int = 256) -> dict[str, torch.Tensor]:
 
 
 def test_iql_cql_finds_known_optimal_actions(tmp_path: Path) -> None:
-    config = IQLCQLConfig(steps=300, batch_size=64, lr=3e-3, hidden=(16,), device="cpu", eval_every=100)
+    config = IQLCQLConfig(
+        steps=300, batch_size=64, lr=3e-3, hidden=(16,), device="cpu", eval_every=100, eval_episodes=0
+    )
     run, policy = fit_iql_cql(_bandit(), {"env_id": "bandit", "reward": "env"}, tmp_path / "run", config)
     obs = np.array([[1.0, 0.0, 0.0]] * 2, np.float32)
     mask = np.array([[True, True, True, False]] * 2)
