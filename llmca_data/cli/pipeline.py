@@ -7,7 +7,9 @@ the reference critics (uniform, Shapley, counterfactual, counterfactual-h5) → 
 critics (llm-mca, llm-taca) on a few short episodes with the embedded local model, within a
 time budget → validate → statistics and critic-eval tables → build (the dataset card with
 its ``configs:``) → load back three ways (``datasets.load_dataset``, ``OfflineDataset``,
-d3rlpy) and check they agree. Later stages (train, evaluate, leaderboard) plug in here.
+d3rlpy) and check they agree → train ``bc``, ``iql-cql`` (team reward) and ``iql-cql`` on
+``credit_shapley``, 5 seeds each, evaluate each in the real env and print them side by side
+(``runs/<arm>/seed-<k>``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,13 @@ class PipelineConfig:
         ("llm-taca", "shapley"),
     )
     """(critic, reference) pairs scored by critic-eval."""
+    train_env: str = "lbf-8x8-2p-2f"
+    train_tiers: tuple[str, ...] = ("medium",)
+    train_arms: tuple[tuple[str, str], ...] = (("bc", "team"), ("iql-cql", "team"), ("iql-cql", "credit_shapley"))
+    """(algorithm, reward) pairs trained on ``train_env``'s ``train_tiers``."""
+    train_seeds: int = 5
+    train_steps: int = 1000
+    eval_episodes: int = 20
     seed: int = 0
     workers: int = 2
 
@@ -150,6 +159,8 @@ def pipeline_cmd(
             f"transitions, {check['d3rlpy_timeouts']} timed out): {'agree' if check['agree'] else 'DISAGREE'}"
         )
     (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    record["train"] = _train_baselines(dataset, out / "runs", config)
+    (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     console.print(f"dataset: {dataset} ({'valid' if report.ok else 'INVALID'})")
     console.print(f"report:  {out / 'pipeline.json'}  ({record['seconds']:.0f} s)")
     if not report.ok or not all(c["agree"] for c in loads):
@@ -188,6 +199,33 @@ def _annotate_llm(dataset: Path, config: PipelineConfig) -> list[dict[str, objec
                 f"{per_episode:.1f} s/episode"
             )
     return out
+
+
+def _train_baselines(dataset: Path, runs: Path, config: PipelineConfig) -> list[dict[str, object]]:
+    """Train and evaluate the baseline arms × seeds on a small budget; print them side by side."""
+    from llmca_data.baselines.experiment import Arm, GridConfig, run_grid, summarize
+
+    grid = GridConfig(
+        arms=tuple(Arm(algo, reward) for algo, reward in config.train_arms),
+        seeds=tuple(range(config.train_seeds)),
+        steps=config.train_steps,
+        eval_episodes=config.eval_episodes,
+    )
+    with progress_bar(f"train + evaluate on {config.train_env}", "runs") as update:
+        rows: list[dict[str, object]] = run_grid(dataset, config.train_env, config.train_tiers, runs, grid, update)
+    table = Table(
+        "arm", "seeds", "norm. score (mean ± std)", "return", "success",
+        title=f"{config.train_env} {'+'.join(config.train_tiers)}: {config.train_steps} steps, "
+        f"{config.eval_episodes} evaluation episodes per seed",
+    )  # fmt: skip
+    for s in summarize(rows):
+        table.add_row(
+            s["arm"], str(s["seeds"]), f"{s['normalized_score']:.1f} ± {s['normalized_score_std']:.1f}",
+            f"{s['mean_return']:.3f} ± {s['return_std']:.3f}", f"{s['success_rate']:.0%}",
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"runs:    {runs}")
+    return rows
 
 
 def _load_three_ways(dataset: Path, cache_dir: Path, env_id: str) -> dict[str, object]:

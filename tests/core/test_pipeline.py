@@ -44,6 +44,12 @@ def test_pipeline_runs_end_to_end_and_reruns_for_free(tmp_path: Path) -> None:
     assert (overall["env_id"], overall["tier"], overall["coverage"]) == ("all", "all", 1.0)
     assert overall["sign_agreement"] > record["critic_eval"]["uniform vs shapley"][-1]["sign_agreement"]
     assert "counterfactual vs shapley" in proc.stdout
+    runs = record["train"]
+    assert sorted({(r["arm"], r["seed"]) for r in runs}) == [
+        (arm, seed) for arm in ("bc", "iql-cql", "iql-cql+credit_shapley") for seed in range(5)
+    ]
+    assert all((Path(r["run_dir"]) / "eval.json").is_file() and r["normalized_score"] is not None for r in runs)
+    assert "iql-cql+credit_shapley" in proc.stdout and "norm. score" in proc.stdout
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stderr
@@ -54,3 +60,4 @@ def test_pipeline_runs_end_to_end_and_reruns_for_free(tmp_path: Path) -> None:
     # busy machine can time a request out); everything else comes from the cache.
     failed_before = sum(int(a["failed"]) for a in record["annotate_llm"])
     assert sum(int(a["episodes"]) for a in rerun["annotate_llm"]) == failed_before
+    assert rerun["train"] == runs  # every run was reused, none retrained

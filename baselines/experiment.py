@@ -1,0 +1,147 @@
+"""A grid of baseline runs: arms (algorithm + reward source) × seeds, each trained and evaluated.
+
+Input: a dataset (directory or Hub repo id), an env id, its tiers and a ``GridConfig``. Output:
+one run directory per arm and seed under ``out_dir/<arm>/seed-<k>`` (``config.json``,
+``model.safetensors``, ``metrics.jsonl``, ``eval.json``) and one result row per run. A run whose
+``eval.json`` already exists with the same settings is reused, so an interrupted grid resumes
+where it stopped. ``llmca pipeline`` and ``benchmarks/offline_credit.py`` drive it; the
+leaderboard turns its run directories into a submission.
+
+Example::
+
+    from llmca_data.baselines.experiment import Arm, GridConfig, run_grid, summarize
+
+    rows = run_grid("data/llmca", "lbf-8x8-2p-2f", ("medium",), Path("runs"),
+                    GridConfig(arms=(Arm("iql-cql"), Arm("iql-cql", "credit_shapley")), steps=1000))
+    summarize(rows)   # one row per arm: mean ± std of the normalised score over seeds
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .evaluate import EvalConfig, evaluate_run
+from .policy import RUN_CONFIG, RUN_EVAL
+from .train import train
+
+GridProgress = Callable[[int, int, str], None]
+"""``progress(runs_done, runs_total, status)``; status names the run in progress."""
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One training configuration of the grid."""
+
+    algo: str
+    reward: str = "team"
+    """Reward source of the independent learners (``team``, ``env``, ``credit_<critic>``)."""
+    task_input: str | None = None
+    """LLM-TACA task critic for ``iql-cql`` (``llm-taca``), or None."""
+
+    @property
+    def name(self) -> str:
+        """``bc``, ``iql-cql``, ``iql-cql+credit_shapley``, ``iql-cql+credit_llm_taca+task`` …"""
+        reward = "" if self.reward == "team" or self.algo in ("bc", "vdn-cql", "qmix-cql") else f"+{self.reward}"
+        return self.algo + reward + ("+task" if self.task_input else "")
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """Arms, seeds and the (shared) training and evaluation budget of a grid."""
+
+    arms: tuple[Arm, ...]
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    steps: int = 1000
+    """Gradient steps of every run."""
+    eval_episodes: int = 20
+    """Final evaluation episodes per run (evaluation seeds disjoint from data seeds)."""
+    device: str = "auto"
+    overrides: tuple[tuple[str, Any], ...] = field(default=(("eval_episodes", 0),))
+    """Config fields set on every run (default: no periodic evaluation, only the final one)."""
+
+
+def run_grid(
+    dataset: str | Path,
+    env_id: str,
+    tiers: Sequence[str] | None,
+    out_dir: Path,
+    config: GridConfig,
+    progress: GridProgress | None = None,
+) -> list[dict[str, Any]]:
+    """Train and evaluate every arm × seed; returns one row per run (see ``_row``)."""
+    rows: list[dict[str, Any]] = []
+    total = len(config.arms) * len(config.seeds)
+    for arm in config.arms:
+        for seed in config.seeds:
+            run_dir = out_dir / arm.name / f"seed-{seed}"
+            if progress is not None:
+                progress(len(rows), total, f"{arm.name} seed {seed}")
+            result = _reuse(run_dir, config, seed) or _train_and_evaluate(
+                dataset, env_id, tiers, run_dir, arm, seed, config
+            )
+            rows.append(_row(env_id, arm, seed, run_dir, result))
+    if progress is not None:
+        progress(total, total, "")
+    return rows
+
+
+def _train_and_evaluate(
+    dataset: str | Path,
+    env_id: str,
+    tiers: Sequence[str] | None,
+    run_dir: Path,
+    arm: Arm,
+    seed: int,
+    config: GridConfig,
+) -> dict[str, Any]:
+    train(arm.algo, dataset, env_id, tiers, run_dir, reward=arm.reward, steps=config.steps, seed=seed,
+          device=config.device, task_input=arm.task_input, overrides=dict(config.overrides))  # fmt: skip
+    return evaluate_run(run_dir, EvalConfig(episodes=config.eval_episodes))
+
+
+def _reuse(run_dir: Path, config: GridConfig, seed: int) -> dict[str, Any] | None:
+    """The finished result of ``run_dir`` when it ran with these settings, else None."""
+    try:
+        body = json.loads((run_dir / RUN_CONFIG).read_text())
+        result: dict[str, Any] = json.loads((run_dir / RUN_EVAL).read_text())
+    except (OSError, ValueError):
+        return None
+    same = body.get("steps") == config.steps and body.get("seed") == seed
+    return result if same and result.get("episodes") == config.eval_episodes else None
+
+
+def _row(env_id: str, arm: Arm, seed: int, run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "env_id": env_id,
+        "arm": arm.name,
+        **asdict(arm),
+        "seed": seed,
+        "run_dir": str(run_dir),
+        "normalized_score": result["normalized_score"],
+        "mean_return": result["mean_return"],
+        "mean_cost": result["mean_cost"],
+        "success_rate": result["success_rate"],
+    }
+
+
+def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (env, arm), in first-seen order: seeds and mean ± std of score, return, cost, success."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row["env_id"], row["arm"]), []).append(row)
+    out = []
+    for (env_id, arm), runs in groups.items():
+        summary: dict[str, Any] = {"env_id": env_id, "arm": arm, "seeds": len(runs)}
+        for key in ("normalized_score", "mean_return", "mean_cost", "success_rate"):
+            values = np.array([math.nan if r[key] is None else r[key] for r in runs], np.float64)
+            summary[key] = float(values.mean())
+            summary[key.removeprefix("mean_") + "_std"] = float(values.std())
+        out.append(summary)
+    return out
