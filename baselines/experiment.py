@@ -132,7 +132,8 @@ def _row(env_id: str, arm: Arm, seed: int, run_dir: Path, result: dict[str, Any]
 
 
 def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (env, arm), in first-seen order: seeds and mean ± std of score, return, cost, success."""
+    """One row per (env, arm), in first-seen order: seeds and mean ± sample std (ddof 1, as the
+    leaderboard) of score, return, cost and success."""
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((row["env_id"], row["arm"]), []).append(row)
@@ -142,6 +143,6 @@ def summarize(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for key in ("normalized_score", "mean_return", "mean_cost", "success_rate"):
             values = np.array([math.nan if r[key] is None else r[key] for r in runs], np.float64)
             summary[key] = float(values.mean())
-            summary[key.removeprefix("mean_") + "_std"] = float(values.std())
+            summary[key.removeprefix("mean_") + "_std"] = float(values.std(ddof=1)) if len(runs) > 1 else 0.0
         out.append(summary)
     return out

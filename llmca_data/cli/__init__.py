@@ -420,3 +420,6 @@ def main() -> None:
 
 
 from llmca_data.cli import pipeline as _pipeline  # noqa: E402,F401  (registers `llmca pipeline`)
+from llmca_data.cli.leaderboard import leaderboard_app  # noqa: E402
+
+app.add_typer(leaderboard_app, name="leaderboard")

@@ -9,7 +9,9 @@ time budget → validate → statistics and critic-eval tables → build (the da
 its ``configs:``) → load back three ways (``datasets.load_dataset``, ``OfflineDataset``,
 d3rlpy) and check they agree → train ``bc``, ``iql-cql`` (team reward) and ``iql-cql`` on
 ``credit_shapley``, 5 seeds each, evaluate each in the real env and print them side by side
-(``runs/<arm>/seed-<k>``).
+(``runs/<arm>/seed-<k>``) → submit each arm to the leaderboard, re-evaluate it as the
+trusted evaluator and print the leaderboard table (``leaderboard/``: ``leaderboard.md``,
+``index.html``, plots).
 """
 
 from __future__ import annotations
@@ -159,7 +161,10 @@ def pipeline_cmd(
             f"transitions, {check['d3rlpy_timeouts']} timed out): {'agree' if check['agree'] else 'DISAGREE'}"
         )
     (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    record["train"] = _train_baselines(dataset, out / "runs", config)
+    record["train"] = runs = _train_baselines(dataset, out / "runs", config)
+    (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    record["leaderboard"] = _leaderboard(dataset, out, runs, config)
+    record["seconds"] = time.perf_counter() - started
     (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     console.print(f"dataset: {dataset} ({'valid' if report.ok else 'INVALID'})")
     console.print(f"report:  {out / 'pipeline.json'}  ({record['seconds']:.0f} s)")
@@ -226,6 +231,35 @@ def _train_baselines(dataset: Path, runs: Path, config: PipelineConfig) -> list[
     console.print(table)
     console.print(f"runs:    {runs}")
     return rows
+
+
+def _leaderboard(dataset: Path, out: Path, runs: list[dict[str, object]], config: PipelineConfig) -> dict[str, object]:
+    """Submit each trained arm (5 seeds), evaluate the submissions as the trusted evaluator does,
+    render the leaderboard and print its table."""
+    import shutil
+
+    from llmca_data.leaderboard.assemble import make_submission
+    from llmca_data.leaderboard.evaluate import LeaderboardEvalConfig, evaluate_submission
+    from llmca_data.leaderboard.identity import dataset_identity
+    from llmca_data.leaderboard.render import render
+
+    identity = dataset_identity(dataset)
+    results = out / "leaderboard" / "results"
+    shutil.rmtree(out / "leaderboard", ignore_errors=True)  # derived entirely from the runs: rebuilt
+    arms = dict.fromkeys(str(r["arm"]) for r in runs)
+    with progress_bar("leaderboard: submit + evaluate", "submissions") as update:
+        for done, arm in enumerate(arms):
+            update(done, len(arms), arm)
+            sub = make_submission(
+                [Path(str(r["run_dir"])) for r in runs if r["arm"] == arm], out / "leaderboard" / "submissions" / arm,
+                team="llmca-data baselines", algorithm=arm, code_url="https://github.com/llmca/llmca-data",
+                dataset=identity,
+            )  # fmt: skip
+            evaluate_submission(sub, results, LeaderboardEvalConfig(episodes=config.eval_episodes), identity)
+    page = render(results, out / "leaderboard")
+    console.print(page.markdown.read_text(), markup=False, highlight=False)
+    console.print(f"leaderboard: {page.markdown}, {page.html}")
+    return {"markdown": str(page.markdown), "html": str(page.html), "plots": [str(p) for p in page.plots]}
 
 
 def _load_three_ways(dataset: Path, cache_dir: Path, env_id: str) -> dict[str, object]:

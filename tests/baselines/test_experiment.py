@@ -57,7 +57,7 @@ def test_summarize_gives_mean_and_std_over_seeds() -> None:
     a, b = summarize(rows)
     assert (a["arm"], a["seeds"]) == ("a", 3)
     assert a["normalized_score"] == pytest.approx(30.0) and a["normalized_score_std"] == pytest.approx(
-        np.std([10, 20, 60])
+        np.std([10, 20, 60], ddof=1)
     )
     assert a["mean_return"] == pytest.approx(0.3)
     assert np.isnan(b["normalized_score"]) and b["mean_cost"] == 2.0

@@ -1,0 +1,164 @@
+"""The trusted evaluator: re-run every submitted policy and store verified results.
+
+Input: a submission directory (validated first, see ``validate.py``). Output:
+``RESULTS_DIR/<submission name>/results.json`` (and a copy of ``submission.json``): per env,
+tier and seed the *verified* evaluation dict of ``baselines.evaluate.evaluate_policy`` over
+the fixed evaluation seeds, the self-reported metrics kept but marked unverified, and flags
+where they disagree with the verified ones by more than the tolerance; plus provenance
+(package and schema versions, evaluation config, dataset identity, submission sha256).
+
+Each policy is rebuilt from package code (``architectures.build_policy``) and its weights are
+read with ``safetensors`` only — never pickle — after every check passed. The env runs with
+its default kwargs (``env_kwargs={}``), exactly as ``evaluate_run`` does for our torch runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from llmca_data import SCHEMA_VERSION, __version__
+from llmca_data.baselines.evaluate import EvalConfig, evaluate_policy
+
+from .architectures import build_policy
+from .submission import SUBMISSION_FILE, DatasetIdentity
+from .validate import CheckedSeed, validate_submission
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+RESULTS_VERSION = 1
+COMPARED_METRICS: dict[str, float] = {"normalized_score": 100.0, "success_rate": 1.0, "mean_return": 1.0,
+                                      "mean_cost": 1.0}  # fmt: skip
+"""Self-reported metrics compared with the verified ones → their scale (the smallest denominator)."""
+
+Progress = Callable[[int, int], None]
+"""``progress(done, total)`` over the seeds of the submission."""
+
+
+@dataclass(frozen=True)
+class LeaderboardEvalConfig:
+    """How the trusted evaluator plays each policy and when it flags a self-reported number."""
+
+    episodes: int = 20
+    """Evaluation episodes per seed (``eval_seed(seed_offset + i)``, disjoint from data seeds)."""
+    seed_offset: int = 0
+    """First evaluation seed index (the same for every submission: the seeds are fixed)."""
+    device: str = "cpu"
+    """Where the policies run."""
+    tolerance: float = 0.1
+    """Flag a self-reported metric when ``|reported − verified| > tolerance · max(|verified|, scale)``,
+    scale 100 for ``normalized_score`` and 1 for ``success_rate``, ``mean_return``, ``mean_cost``."""
+
+    def eval_config(self) -> EvalConfig:
+        return EvalConfig(episodes=self.episodes, seed_offset=self.seed_offset)
+
+
+def disagreements(reported: dict[str, float | None], verified: dict[str, Any], tolerance: float) -> list[str]:
+    """One flag per compared metric whose self-reported value is far from the verified one."""
+    flags = []
+    for name, scale in COMPARED_METRICS.items():
+        mine, theirs = verified.get(name), reported.get(name)
+        if mine is None or theirs is None:
+            continue
+        limit = tolerance * max(abs(float(mine)), scale)
+        if not math.isfinite(float(theirs)) or abs(float(theirs) - float(mine)) > limit:
+            flags.append(f"{name}: self-reported {theirs:.4g}, verified {mine:.4g} (difference beyond {limit:.4g})")
+    return flags
+
+
+def evaluate_seed(seed: CheckedSeed, name: str, config: LeaderboardEvalConfig) -> dict[str, Any]:
+    """Load one checked checkpoint with safetensors, rebuild its policy and evaluate it."""
+    from safetensors.torch import load_file
+
+    entry = seed.entry
+    tensors = load_file(str(seed.path), device="cpu")
+    policy = build_policy(entry.architecture, seed.spec, tensors, name, config.device)
+    verified = evaluate_policy(policy, entry.env_id, {}, config.eval_config())
+    flags = disagreements(entry.metrics, verified, config.tolerance)
+    for flag in flags:
+        log.warning("%s: %s", entry.where, flag)
+    return {
+        "checkpoint": entry.checkpoint,
+        "checkpoint_sha256": hashlib.sha256(seed.path.read_bytes()).hexdigest(),
+        "architecture": entry.architecture,
+        "config": seed.spec.to_dict(),
+        "verified": verified,
+        "self_reported": dict(entry.metrics),
+        "self_reported_status": "unverified",
+        "flags": flags,
+    }
+
+
+def evaluate_submission(
+    root: Path,
+    out: Path,
+    config: LeaderboardEvalConfig | None = None,
+    expected: DatasetIdentity | None = None,
+    *,
+    check_dataset: bool = True,
+    progress: Progress | None = None,
+) -> Path:
+    """Validate ``root``, re-evaluate every seed and write ``out/<name>/results.json`` atomically.
+
+    Args:
+        root: The submission directory.
+        out: The results directory (may hold other submissions' results).
+        config: Episodes, evaluation seeds, device, flag tolerance.
+        expected: The leaderboard's dataset identity (see ``validate_submission``).
+        check_dataset: False skips the dataset identity check.
+        progress: Called with (seeds done, seeds in all).
+
+    Returns:
+        The path of ``results.json``.
+
+    Raises:
+        SubmissionError: the submission failed validation (nothing is written).
+    """
+    cfg = config or LeaderboardEvalConfig()
+    checked = validate_submission(root, expected, check_dataset=check_dataset)
+    sub = checked.submission
+    start = time.monotonic()
+    entries: dict[str, dict[str, dict[str, Any]]] = {}
+    for i, seed in enumerate(checked.seeds):
+        e = seed.entry
+        entries.setdefault(e.env_id, {}).setdefault(e.tier, {})[str(e.seed)] = evaluate_seed(seed, sub.algorithm, cfg)
+        if progress is not None:
+            progress(i + 1, len(checked.seeds))
+    body = {
+        "results_version": RESULTS_VERSION,
+        "submission": {
+            "name": sub.name,
+            "team": sub.team,
+            "algorithm": sub.algorithm,
+            "code_url": sub.code_url,
+            "dataset": sub.dataset.to_dict(),
+            "submission_sha256": sub.sha256,
+        },
+        "provenance": {
+            "package_version": __version__,
+            "schema_version": SCHEMA_VERSION,
+            "eval_config": asdict(cfg),
+            "dataset": sub.dataset.to_dict(),
+            "dataset_checked": check_dataset,
+            "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "seconds": round(time.monotonic() - start, 3),
+        },
+        "entries": entries,
+    }
+    dest = Path(out) / sub.name
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(sub.root / SUBMISSION_FILE, dest / SUBMISSION_FILE)
+    tmp = dest / f".{RESULTS_FILE}.tmp"
+    tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, dest / RESULTS_FILE)
+    return dest / RESULTS_FILE

@@ -1,0 +1,244 @@
+"""The submission format: ``submission.json`` parsed and schema-checked into typed records.
+
+Input: a submission directory. Output: a ``Submission`` (team, algorithm, code URL, dataset
+identity and one ``SeedEntry`` per env, tier and seed) or a ``SubmissionError`` listing every
+schema problem. Checkpoints are not opened here (see ``validate.py``).
+
+Layout (CONTRACT, schema version 1)::
+
+    SUB/submission.json
+    SUB/<any relative path>.safetensors       one per seed, inside SUB, no symlinks
+
+    {
+      "submission_version": 1,
+      "team": "llmca", "algorithm": "bc", "code_url": "https://github.com/...",
+      "dataset": {"kind": "hub", "repo_id": "llmca/annotated", "commit": "<40 hex>"}
+               | {"kind": "local", "manifest_sha256": "<64 hex>"},
+      "results": {"<env_id>": {"<tier>[+<tier>...]": {"<seed>": {
+          "checkpoint": "checkpoints/<env>/<tier>/seed0.safetensors",
+          "architecture": "agent-net",               # see architectures.ARCHITECTURES
+          "config": {"obs_dim": 12, "n_agents": 2, "n_actions": 6, "hidden": [128, 128]},
+          "metrics": {"mean_return": 0.8, "normalized_score": 74.0, ...},   # self-reported
+          "training": {...}                          # optional, free-form, informational
+      }}}}
+    }
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from llmca_data.errors import LlmcaError
+from llmca_data.tiers import TIERS
+
+SUBMISSION_FILE = "submission.json"
+SUBMISSION_VERSION = 1
+MIN_SEEDS = 5
+"""Seeds every (env, tier) needs: aggregate statistics over fewer are not reported."""
+MAX_SUBMISSION_BYTES = 4 << 20
+"""Largest ``submission.json`` accepted (4 MiB)."""
+_SHA1 = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_TOP_KEYS = {"submission_version", "team", "algorithm", "code_url", "dataset", "results"}
+_SEED_KEYS = {"checkpoint", "architecture", "config", "metrics", "training"}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One reason a submission is refused: the file it concerns, what is wrong, how to fix it."""
+
+    file: str
+    what: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.what}" + (f" — fix: {self.fix}" if self.fix else "")
+
+
+class SubmissionError(LlmcaError, ValueError):
+    """A submission that is refused; ``problems`` lists every reason found."""
+
+    def __init__(self, root: Path, problems: list[Problem]) -> None:
+        self.root, self.problems = root, list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"submission {root} is refused ({len(self.problems)} problem(s)):\n{lines}")
+
+
+@dataclass(frozen=True)
+class DatasetIdentity:
+    """Which exact dataset the runs were trained on: a Hub repo at a commit, or a local manifest's sha256."""
+
+    kind: Literal["hub", "local"]
+    repo_id: str | None = None
+    commit: str | None = None
+    manifest_sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == "hub":
+            return {"kind": "hub", "repo_id": self.repo_id, "commit": self.commit}
+        return {"kind": "local", "manifest_sha256": self.manifest_sha256}
+
+    def __str__(self) -> str:
+        return f"{self.repo_id}@{self.commit}" if self.kind == "hub" else f"local manifest {self.manifest_sha256}"
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> tuple[DatasetIdentity | None, str | None]:
+        """Parse a ``dataset`` object; returns (identity, None) or (None, problem)."""
+        if isinstance(raw, dict) and raw.get("kind") == "hub" and set(raw) == {"kind", "repo_id", "commit"}:
+            repo, commit = raw["repo_id"], raw["commit"]
+            if isinstance(repo, str) and re.fullmatch(r"[\w.-]+/[\w.-]+", repo) and isinstance(commit, str):
+                if _SHA1.fullmatch(commit):
+                    return cls("hub", repo_id=repo, commit=commit), None
+                return None, f"dataset commit must be a full 40-hex commit sha (not a branch or tag), got {commit!r}"
+        if isinstance(raw, dict) and raw.get("kind") == "local" and set(raw) == {"kind", "manifest_sha256"}:
+            digest = raw["manifest_sha256"]
+            if isinstance(digest, str) and _SHA256.fullmatch(digest):
+                return cls("local", manifest_sha256=digest), None
+        return None, ('dataset must be {"kind": "hub", "repo_id": "org/name", "commit": "<40 hex>"} or '
+                      '{"kind": "local", "manifest_sha256": "<64 hex>"}; build it with dataset_identity()')  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SeedEntry:
+    """One trained policy: env, tier, seed, where its checkpoint is, its architecture and config."""
+
+    env_id: str
+    tier: str
+    seed: int
+    checkpoint: str
+    architecture: str
+    config: dict[str, Any]
+    metrics: dict[str, float | None]
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:
+        """``results.<env>.<tier>.<seed>``: where the entry sits in ``submission.json``."""
+        return f"{SUBMISSION_FILE} results.{self.env_id}.{self.tier}.{self.seed}"
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A parsed ``submission.json`` (schema-checked; checkpoints not yet checked)."""
+
+    root: Path
+    team: str
+    algorithm: str
+    code_url: str
+    dataset: DatasetIdentity
+    entries: list[SeedEntry]
+    sha256: str
+    """sha256 of the ``submission.json`` bytes."""
+
+    @property
+    def name(self) -> str:
+        """``<team>-<algorithm>`` as a file-name-safe slug (the results folder name)."""
+        return re.sub(r"[^a-z0-9._-]+", "-", f"{self.team}-{self.algorithm}".lower()).strip("-.") or "submission"
+
+    def groups(self) -> dict[tuple[str, str], list[SeedEntry]]:
+        """(env, tier) → its seed entries, in seed order."""
+        out: dict[tuple[str, str], list[SeedEntry]] = {}
+        for e in sorted(self.entries, key=lambda e: (e.env_id, e.tier, e.seed)):
+            out.setdefault((e.env_id, e.tier), []).append(e)
+        return out
+
+
+def _text(raw: dict[str, Any], key: str, problems: list[Problem], pattern: str = r".{1,200}") -> str:
+    value = raw.get(key)
+    if not isinstance(value, str) or not re.fullmatch(pattern, value):
+        problems.append(Problem(SUBMISSION_FILE, f"{key!r} must be a string matching {pattern}", f"set {key}"))
+        return ""
+    return value
+
+
+def _seed_entry(env_id: str, tier: str, seed: str, raw: Any, problems: list[Problem]) -> SeedEntry | None:
+    where = f"{SUBMISSION_FILE} results.{env_id}.{tier}.{seed}"
+    if not re.fullmatch(r"0|[1-9][0-9]{0,8}", seed):
+        problems.append(Problem(where, f"seed key {seed!r} is not a non-negative integer", 'use keys like "0"'))
+        return None
+    if not isinstance(raw, dict) or not {"checkpoint", "architecture", "config"} <= set(raw) <= _SEED_KEYS:
+        fix = f"give checkpoint, architecture, config and optionally metrics, training (keys: {sorted(_SEED_KEYS)})"
+        problems.append(Problem(where, "a seed entry must be an object with the seed fields", fix))
+        return None
+    metrics = raw.get("metrics", {})
+    ok_metrics = isinstance(metrics, dict) and all(
+        v is None or (isinstance(v, int | float) and not isinstance(v, bool)) for v in metrics.values()
+    )
+    if not ok_metrics:
+        problems.append(Problem(where, "metrics must map names to numbers or null", "report e.g. mean_return"))
+    if not isinstance(raw["checkpoint"], str) or not isinstance(raw["architecture"], str):
+        problems.append(Problem(where, "checkpoint and architecture must be strings", "give a relative path and id"))
+        return None
+    training = raw.get("training", {})
+    if not isinstance(training, dict):
+        problems.append(Problem(where, "training must be an object", "omit it or give the run's config"))
+        training = {}
+    return SeedEntry(env_id, tier, int(seed), raw["checkpoint"], raw["architecture"],
+                     raw["config"] if isinstance(raw["config"], dict) else {"<not an object>": raw["config"]},
+                     metrics if ok_metrics else {}, training)  # fmt: skip
+
+
+def _entries(results: Any, problems: list[Problem]) -> list[SeedEntry]:
+    if not isinstance(results, dict) or not results:
+        problems.append(Problem(SUBMISSION_FILE, "results must be a non-empty env → tier → seed object", ""))
+        return []
+    entries: list[SeedEntry] = []
+    for env_id, tiers in results.items():
+        if not isinstance(tiers, dict) or not tiers:
+            problems.append(Problem(f"{SUBMISSION_FILE} results.{env_id}", "must be a non-empty tier → seed object"))
+            continue
+        for tier, seeds in tiers.items():
+            where = f"{SUBMISSION_FILE} results.{env_id}.{tier}"
+            if not all(t in TIERS for t in str(tier).split("+")):
+                problems.append(Problem(where, f"unknown tier {tier!r}", f"use {'|'.join(TIERS)}, joined by + "
+                                        "for runs trained on several tiers"))  # fmt: skip
+            if not isinstance(seeds, dict):
+                problems.append(Problem(where, "must be a seed → entry object"))
+                continue
+            if len(seeds) < MIN_SEEDS:
+                problems.append(Problem(where, f"{len(seeds)} seed(s); at least MIN_SEEDS={MIN_SEEDS} are required",
+                                        f"train and submit {MIN_SEEDS - len(seeds)} more seed(s)"))  # fmt: skip
+            for seed, raw in seeds.items():
+                if (entry := _seed_entry(str(env_id), str(tier), str(seed), raw, problems)) is not None:
+                    entries.append(entry)
+    return entries
+
+
+def load_submission(root: Path) -> tuple[Submission | None, list[Problem]]:
+    """Read and schema-check ``root/submission.json`` (bounded size, no symlink).
+
+    Returns:
+        The submission (None when no dataset identity can be read) and every schema problem
+        found; a submission with problems is returned too, so its checkpoints can be checked.
+    """
+    path = root / SUBMISSION_FILE
+    if path.is_symlink() or not path.is_file():
+        return None, [Problem(SUBMISSION_FILE, "missing, or not a regular file", "write submission.json in SUB")]
+    if path.stat().st_size > MAX_SUBMISSION_BYTES:
+        return None, [Problem(SUBMISSION_FILE, f"larger than MAX_SUBMISSION_BYTES={MAX_SUBMISSION_BYTES}")]
+    data = path.read_bytes()
+    try:
+        raw = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        return None, [Problem(SUBMISSION_FILE, f"not valid JSON: {str(exc)[:160]}", "write it with json.dump")]
+    if not isinstance(raw, dict):
+        return None, [Problem(SUBMISSION_FILE, "must hold a JSON object")]
+    problems = [Problem(SUBMISSION_FILE, f"unknown key {k!r}", f"allowed: {sorted(_TOP_KEYS)}") for k in raw
+                if k not in _TOP_KEYS]  # fmt: skip
+    if raw.get("submission_version") != SUBMISSION_VERSION:
+        problems.append(Problem(SUBMISSION_FILE, f"submission_version is {raw.get('submission_version')!r}",
+                                f"set it to {SUBMISSION_VERSION}"))  # fmt: skip
+    team, algorithm = _text(raw, "team", problems), _text(raw, "algorithm", problems)
+    code_url = _text(raw, "code_url", problems, r"https?://\S{1,500}")
+    dataset, problem = DatasetIdentity.from_dict(raw.get("dataset"))
+    if problem is not None:
+        problems.append(Problem(SUBMISSION_FILE, problem))
+    entries = _entries(raw.get("results"), problems)
+    if dataset is None:
+        return None, problems
+    return Submission(root, team, algorithm, code_url, dataset, entries, hashlib.sha256(data).hexdigest()), problems

@@ -1,0 +1,114 @@
+"""``llmca leaderboard validate | evaluate | render``: thin commands over ``llmca_data.leaderboard``.
+
+A rejected submission prints every problem (file, what, fix) on stderr and exits 1.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from llmca_data.cli import console, err_console
+from llmca_data.cli.progress import progress_bar
+
+if TYPE_CHECKING:
+    from llmca_data.leaderboard.submission import DatasetIdentity, SubmissionError
+
+leaderboard_app = typer.Typer(
+    help="Validate submissions safely, re-evaluate them, and render the leaderboard from verified results.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DATASET_HELP = "The leaderboard's dataset (directory or Hub repo id); the submission's identity must equal it."
+
+
+def _expected(dataset: str | None, revision: str | None) -> DatasetIdentity | None:
+    from llmca_data.leaderboard.identity import dataset_identity
+
+    return None if dataset is None else dataset_identity(dataset, revision)
+
+
+def _reject(submission: Path, exc: SubmissionError) -> None:
+    for problem in exc.problems:
+        err_console.print(f"[red]problem[/red] {problem}", highlight=False)
+    err_console.print(f"{submission}: REJECTED ({len(exc.problems)} problem(s)); nothing was deserialised")
+    raise typer.Exit(1)
+
+
+@leaderboard_app.command("validate")
+def validate_cmd(
+    submission: Path = typer.Argument(..., help="Submission directory (submission.json + safetensors checkpoints)."),
+    dataset: str = typer.Option(None, "--dataset", help=DATASET_HELP),
+    revision: str = typer.Option(None, "--revision", help="Revision of a Hub --dataset (default main)."),
+) -> None:
+    """Check a submission without deserialising any tensor; exit 1 with every problem found."""
+    from llmca_data.leaderboard.submission import SubmissionError
+    from llmca_data.leaderboard.validate import validate_submission
+
+    try:
+        checked = validate_submission(submission, _expected(dataset, revision))
+    except SubmissionError as exc:
+        _reject(submission, exc)
+        return
+    sub = checked.submission
+    groups = ", ".join(f"{env}/{tier} ({len(s)} seeds)" for (env, tier), s in sub.groups().items())
+    console.print(f"{submission}: valid — {sub.team} / {sub.algorithm} on {sub.dataset}: {groups}")
+
+
+@leaderboard_app.command("evaluate")
+def evaluate_cmd(
+    submission: Path = typer.Argument(..., help="Submission directory."),
+    out: Path = typer.Option(..., "--out", help="Results directory (one folder per submission)."),
+    episodes: int = typer.Option(20, "--episodes", min=1, help="Evaluation episodes per seed (fixed eval seeds)."),
+    dataset: str = typer.Option(None, "--dataset", help=DATASET_HELP),
+    revision: str = typer.Option(None, "--revision", help="Revision of a Hub --dataset (default main)."),
+    device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
+) -> None:
+    """Validate, rebuild each policy from package code, re-run evaluation and store verified results."""
+    import json
+
+    from llmca_data.leaderboard.evaluate import LeaderboardEvalConfig, evaluate_submission
+    from llmca_data.leaderboard.submission import SubmissionError
+
+    config = LeaderboardEvalConfig(episodes=episodes, device=device)
+    try:
+        with progress_bar("evaluate", "seeds") as update:
+            path = evaluate_submission(submission, out, config, _expected(dataset, revision), progress=update)
+    except SubmissionError as exc:
+        _reject(submission, exc)
+        return
+    body = json.loads(path.read_text())
+    for env_id, tiers in body["entries"].items():
+        for tier, seeds in tiers.items():
+            scores = [s["verified"]["normalized_score"] for s in seeds.values()]
+            shown = "—" if None in scores else f"{sum(scores) / len(scores):.2f}"
+            flags = sum(len(s["flags"]) for s in seeds.values())
+            console.print(f"{env_id}/{tier}: {len(seeds)} seeds, mean normalised score {shown}, {flags} flag(s)")
+            for s in seeds.values():
+                for flag in s["flags"]:
+                    err_console.print(f"[yellow]flag[/yellow] {s['checkpoint']}: {flag}", highlight=False)
+    console.print(f"verified results → {path}")
+
+
+@leaderboard_app.command("render")
+def render_cmd(
+    results_dir: Path = typer.Argument(..., help="Results directory from `llmca leaderboard evaluate`."),
+    out: Path = typer.Option(..., "--out", help="Where to write leaderboard.md, index.html and plots/."),
+    reps: int = typer.Option(2000, "--reps", min=100, help="Bootstrap replications per interval."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
+    baseline: str = typer.Option("bc", "--baseline", help="Algorithm for the probability of improvement."),
+) -> None:
+    """Aggregate verified results (IQM, 95% stratified-bootstrap CIs, P(improvement)) into tables and plots."""
+    from llmca_data.leaderboard.render import render
+    from llmca_data.leaderboard.statistics import StatsConfig
+
+    result = render(results_dir, out, StatsConfig(reps=reps, seed=seed, baseline=baseline))
+    for task in result.tasks:
+        best = task.entries[0]
+        console.print(f"{task.env_id}/{task.tier}: {len(task.entries)} entries, best {best.name} "
+                      f"(IQM {best.iqm:.2f})")  # fmt: skip
+    console.print(f"leaderboard → {result.markdown}, {result.html} ({len(result.plots)} plots)")
