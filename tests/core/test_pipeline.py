@@ -50,6 +50,11 @@ def test_pipeline_runs_end_to_end_and_reruns_for_free(tmp_path: Path) -> None:
     ]
     assert all((Path(r["run_dir"]) / "eval.json").is_file() and r["normalized_score"] is not None for r in runs)
     assert "iql-cql+credit_shapley" in proc.stdout and "norm. score" in proc.stdout
+    board = Path(record["leaderboard"]["markdown"]).read_text()
+    assert "# Leaderboard" in proc.stdout and "IQM [95% CI]" in proc.stdout
+    for arm in ("bc", "iql-cql", "iql-cql+credit_shapley"):
+        assert f"| {arm} | 5 |" in board  # every arm verified over its 5 seeds
+    assert all(Path(p).is_file() for p in record["leaderboard"]["plots"])
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert again.returncode == 0, again.stderr
