@@ -62,6 +62,7 @@ ALGO_MODULES: dict[str, str] = {
     "d3rlpy-bc": "llmca_data.baselines.d3rlpy_runner",
     "d3rlpy-cql": "llmca_data.baselines.d3rlpy_runner",
     "d3rlpy-bcq": "llmca_data.baselines.d3rlpy_runner",
+    "ddqn-online": "llmca_data.baselines.online",
 }
 """Algorithm id (CONTRACT) → the module that registers its loader."""
 

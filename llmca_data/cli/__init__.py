@@ -22,6 +22,7 @@ app = typer.Typer(
     help="llmca-data: collect multi-agent rollouts, annotate them with credit critics, build, "
     "validate and publish the dataset, and train offline MARL baselines on it.",
     no_args_is_help=True,
+    rich_markup_mode="markdown",
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -95,7 +96,7 @@ def annotate_cmd(
     critic: str = typer.Option(
         None,
         "--critic",
-        help="llm-mca | llm-taca | uniform | shapley | counterfactual (with --horizon H: counterfactual-h<H>).",
+        help="llm-mca | llm-taca | uniform | shapley | counterfactual (with --horizon H: counterfactual-hH).",
     ),
     horizon: int = typer.Option(1, "--horizon", min=1, help="Counterfactual window: credit steps that lead to reward."),
     gamma: float = typer.Option(0.99, "--gamma", help="Discount over the counterfactual window."),
@@ -127,7 +128,7 @@ def annotate_cmd(
         False, "--dry-run", help="LLM: render every prompt, count requests and cost, send nothing."
     ),
 ) -> None:
-    """Add a critic's per-agent, per-step credits (column credit_<critic>) to every step of a dataset.
+    """Add a critic's per-agent, per-step credits (column `credit_<critic>`) to every step of a dataset.
 
     Idempotent: a rerun only retries failed episodes; --force recomputes. Re-simulating critics
     replay each stored episode and refuse ones the installed env does not reproduce.
@@ -342,7 +343,7 @@ def train_cmd(
     dataset: str = typer.Option(..., "--dataset", help="Dataset directory or Hub repo id."),
     env: str = typer.Option(..., "--env", help="Env id, e.g. lbf-8x8-2p-2f."),
     tier: list[str] = typer.Option([], "--tier", help="Tier(s) to train on (repeatable; default all)."),
-    reward: str = typer.Option("team", "--reward", help="team | env | credit_<critic> (independent learners)."),
+    reward: str = typer.Option("team", "--reward", help="team | env | credit_CRITIC (independent learners)."),
     steps: int = typer.Option(2000, "--steps", min=1, help="Gradient steps."),
     seed: int = typer.Option(0, "--seed", help="Training seed."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda."),
@@ -423,3 +424,7 @@ from llmca_data.cli import pipeline as _pipeline  # noqa: E402,F401  (registers 
 from llmca_data.cli.leaderboard import leaderboard_app  # noqa: E402
 
 app.add_typer(leaderboard_app, name="leaderboard")
+from llmca_data.cli.online import plot_cmd, train_online_cmd  # noqa: E402
+
+app.command("train-online")(train_online_cmd)
+app.command("plot")(plot_cmd)

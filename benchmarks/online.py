@@ -1,0 +1,127 @@
+"""Online credit assignment: does a critic's per-agent credit make independent DDQN learn faster?
+
+For every env × critic × seed this runs ``train_online`` (resumable: a rerun skips finished
+runs and resumes killed ones), then prints one row per (env, critic):
+
+- final normalised score: mean ± std over seeds of the last evaluation;
+- episodes to 90: median over seeds of the first evaluation point with normalised score ≥ 90
+  (90% of the expert reference), "—" when no seed got there ("3/5" counts the seeds that did);
+- cost: LLM tokens (in/out) and USD per run (0 for reference critics);
+- critic share: critic seconds ÷ wall seconds (env + learner + critic + eval + io);
+- s / 1k episodes: wall seconds per 1000 episodes, and its critic part.
+
+The LLM critics run on a reduced budget (``--llm-episodes``) with the embedded local model
+unless ``--base-url``/``--model`` point elsewhere. Curves go to ``OUT/curves.png`` (IQM and
+95% bootstrap bands, rliable) and every number to ``OUT/results.json``.
+
+Usage::
+
+    python benchmarks/online.py                                   # the full experiment (hours on CPU)
+    python benchmarks/online.py --episodes 200 --seeds 2 --envs lbf-8x8-2p-2f-coop --critics team shapley
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from llmca_data.baselines.online import CURVE, OnlineConfig, train_online
+from llmca_data.leaderboard.curves import aggregate, plot_curves
+
+ENVS = ("lbf-8x8-2p-2f-coop", "lbf-10x10-3p-3f", "spaceworld-10x10-3a")
+CRITICS = ("team", "uniform", "counterfactual", "shapley", "llm-mca")
+
+
+def run_one(args: argparse.Namespace, env_id: str, critic: str, seed: int) -> Path:
+    episodes = args.llm_episodes if critic.startswith("llm-") else args.episodes
+    eval_every = min(args.eval_every, episodes)  # a short LLM run still gets curve points
+    config = OnlineConfig(
+        env_id, critic=critic, seed=seed, episodes=episodes, critic_every=args.critic_every, eval_every=eval_every,
+        eval_episodes=args.eval_episodes, checkpoint_every=eval_every * 4, device=args.device,
+        base_url=args.base_url, model=args.model, episodes_per_prompt=args.episodes_per_prompt,
+    )  # fmt: skip
+    run = args.out / env_id / critic / f"seed{seed}"
+    started = time.perf_counter()
+    train_online(config, run)
+    print(f"  {env_id} {critic} seed {seed}: {time.perf_counter() - started:.1f} s → {run}", flush=True)
+    return run
+
+
+def summarise(runs: list[Path]) -> dict[str, Any]:
+    curves = [[json.loads(line) for line in (r / CURVE).read_text().splitlines()] for r in runs]
+    last = [c[-1] for c in curves]
+    finals = [row["eval_score"] for row in last if row["eval_score"] is not None]
+    reached = [next((row["episodes"] for row in c if (row["eval_score"] or -1e9) >= 90.0), None) for c in curves]
+    hit = [x for x in reached if x is not None]
+    wall = sum(row["wall_s"] for row in last)
+    episodes = sum(row["episodes"] for row in last)
+    critic_s = sum(row["critic_s"] for row in last)
+    return {
+        "seeds": len(runs),
+        "final_score_mean": statistics.fmean(finals) if finals else None,
+        "final_score_std": statistics.pstdev(finals) if len(finals) > 1 else 0.0,
+        "episodes_to_90": statistics.median(hit) if hit else None,
+        "seeds_reaching_90": len(hit),
+        "tokens_in": sum(row["tokens_in"] for row in last) / len(last),
+        "tokens_out": sum(row["tokens_out"] for row in last) / len(last),
+        "cost_usd": sum(row["cost_usd"] for row in last) / len(last),
+        "fallback_episodes": sum(row["fallback_episodes"] for row in last),
+        "critic_share": critic_s / wall if wall else 0.0,
+        "s_per_1k_episodes": 1000 * wall / episodes if episodes else 0.0,
+        "critic_s_per_1k_episodes": 1000 * critic_s / episodes if episodes else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--envs", nargs="+", default=list(ENVS))
+    parser.add_argument("--critics", nargs="+", default=list(CRITICS))
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--episodes", type=int, default=2000, help="episodes per run (reference critics, team)")
+    parser.add_argument("--llm-episodes", type=int, default=40, help="episodes per LLM-critic run (slow locally)")
+    parser.add_argument("--critic-every", type=int, default=10)
+    parser.add_argument("--eval-every", type=int, default=50)
+    parser.add_argument("--eval-episodes", type=int, default=10)
+    parser.add_argument("--episodes-per-prompt", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--base-url", default="")
+    parser.add_argument("--model", default="")
+    parser.add_argument("--out", type=Path, default=Path("benchmark-online"))
+    args = parser.parse_args()
+    if args.llm_episodes % args.critic_every or args.episodes % args.critic_every:
+        parser.error("--episodes and --llm-episodes must be multiples of --critic-every")
+    results: dict[str, dict[str, Any]] = {}
+    all_runs: list[Path] = []
+    for env_id in args.envs:
+        for critic in args.critics:
+            runs = [run_one(args, env_id, critic, seed) for seed in range(args.seeds)]
+            all_runs += runs
+            results[f"{env_id} {critic}"] = summarise(runs)
+    print(f"\n{'env':<22} {'critic':<15} {'final score':>14} {'ep. to 90':>10} {'tokens in/out':>15} "
+          f"{'USD':>7} {'critic %':>8} {'s/1k ep':>9} {'critic s/1k':>11} {'fallbacks':>9}")  # fmt: skip
+    for key, r in results.items():
+        env_id, critic = key.split(" ")
+        final = "—" if r["final_score_mean"] is None else f"{r['final_score_mean']:.1f} ± {r['final_score_std']:.1f}"
+        to90 = (
+            "—" if r["episodes_to_90"] is None else f"{r['episodes_to_90']:.0f} ({r['seeds_reaching_90']}/{r['seeds']})"
+        )
+        tokens = f"{r['tokens_in']:.0f}/{r['tokens_out']:.0f}"
+        print(f"{env_id:<22} {critic:<15} {final:>14} {to90:>10} {tokens:>15} {r['cost_usd']:>7.3f} "
+              f"{100 * r['critic_share']:>7.0f}% {r['s_per_1k_episodes']:>9.0f} {r['critic_s_per_1k_episodes']:>11.0f} "
+              f"{r['fallback_episodes']:>9}")  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                                       "results": results}, indent=2))  # fmt: skip
+    plot = plot_curves(aggregate(all_runs, "eval_score", reps=2000), args.out / "curves.png")
+    print(f"\ncurves → {plot}; numbers → {args.out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""``llmca train-online`` and ``llmca plot``: online credit-assignment runs and their learning curves.
+
+Input: an env id and a critic id (train-online); run directories (plot). Output: a run
+directory (``config.json``, ``model.safetensors``, ``curve.jsonl``, checkpoints, ``dataset/``)
+and a PNG. Registered by the CLI app as ``app.command("train-online")(train_online_cmd)`` and
+``app.command("plot")(plot_cmd)``; imports are lazy so ``llmca --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from llmca_data.cli.progress import progress_bar
+
+console = Console()
+
+
+def train_online_cmd(
+    env_id: str = typer.Argument(..., help="Env id, e.g. lbf-8x8-2p-2f-coop (see `llmca envs`)."),
+    critic: str = typer.Option(
+        "team", "--critic", help="team | uniform | counterfactual | shapley | llm-mca | llm-taca: each agent's reward."
+    ),
+    episodes: int = typer.Option(1000, "--episodes", min=1, help="Episodes to collect in total (raise it to extend)."),
+    seed: int = typer.Option(0, "--seed", help="Seeds the network, minibatches and the episodes' env seeds."),
+    out: Path = typer.Option(..., "--out", help="Run directory; an existing one is resumed from its checkpoint."),
+    critic_every: int = typer.Option(1, "--critic-every", min=1, help="Episodes the critic annotates per call."),
+    eval_every: int = typer.Option(50, "--eval-every", min=1, help="Episodes between evaluations (curve rows)."),
+    eval_episodes: int = typer.Option(10, "--eval-episodes", min=1, help="Greedy episodes per evaluation."),
+    checkpoint_every: int = typer.Option(
+        200, "--checkpoint-every", min=1, help="Episodes between checkpoints (and dataset commits)."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda."),
+    base_url: str = typer.Option("", "--base-url", help="LLM critics: OpenAI-compatible endpoint (default: embedded)."),
+    model: str = typer.Option("", "--model", help="LLM critics: model name (required with --base-url)."),
+    response_format: str = typer.Option(
+        "grammar", "--response-format", help="LLM critics: grammar | json_object | json_schema | none."
+    ),
+    episodes_per_prompt: int = typer.Option(1, "--episodes-per-prompt", min=1, help="LLM critics: batch mode."),
+    max_window: int = typer.Option(30, "--max-window", min=1, help="LLM critics: most steps per request."),
+    config: Path = typer.Option(None, "--config", help="JSON file of OnlineConfig fields to override (e.g. lr)."),
+) -> None:
+    """Online independent Double DQN where each agent learns from its own critic credit.
+
+    Every --critic-every episodes the critic annotates the new episodes (reference critics
+    re-simulate them, LLM critics use the cached client of `llmca annotate`) and each agent's
+    transitions enter the replay buffer with its own credit; a failed LLM annotation falls back
+    to the team reward and is counted. Writes curve.jsonl (evaluation return, normalised score,
+    critic calls, tokens, cost, wall time split into env / learner / critic), model.safetensors
+    (`llmca evaluate` reads it) and RUN/dataset, every episode with its credits in the dataset
+    layout. Killed runs resume from their last checkpoint with the same command.
+    """
+    import json
+
+    from llmca_data.baselines.online import OnlineConfig, train_online
+
+    overrides = json.loads(config.read_text()) if config is not None else {}
+    cfg = OnlineConfig.from_dict({
+        "env_id": env_id, "critic": critic, "episodes": episodes, "seed": seed, "critic_every": critic_every,
+        "eval_every": eval_every, "eval_episodes": eval_episodes, "checkpoint_every": checkpoint_every,
+        "device": device, "base_url": base_url, "model": model, "response_format": response_format,
+        "episodes_per_prompt": episodes_per_prompt, "max_window": max_window, **overrides,
+    })  # fmt: skip
+    with progress_bar(f"train-online {critic}", "episodes") as update:
+        result = train_online(cfg, out, progress=update)
+    seconds = result.seconds
+    total = sum(seconds.values()) or 1.0
+    ret, score = result.final_return, result.final_score
+    console.print(
+        f"{env_id} ({critic}): {result.episodes} episodes, {result.env_steps} steps; final return "
+        + ("—" if ret is None else f"{ret:.3f}") + ("" if score is None else f" (normalised {score:.1f})")
+        + f"; critic {100 * seconds['critic'] / total:.0f}% of {total:.1f} s; "
+        f"{result.fallback_episodes} episodes fell back to the team reward → {out}"
+    )  # fmt: skip
+
+
+def plot_cmd(
+    run_dirs: list[Path] = typer.Argument(
+        ..., help="Run directories of `llmca train-online` (any envs, critics, seeds)."
+    ),
+    out: Path = typer.Option(..., "--out", help="PNG file to write."),
+    metric: str = typer.Option(
+        "eval_score", "--metric", help="eval_score (normalised) | eval_return | any curve field."
+    ),
+    reps: int = typer.Option(2000, "--reps", min=100, help="Bootstrap resamples of the 95% interval."),
+) -> None:
+    """Learning curves grouped by (env, critic): IQM over seeds with 95% bootstrap bands (rliable).
+
+    One panel per env, x-axis in episodes; seeds are aligned on their shared evaluation points.
+    """
+    from llmca_data.leaderboard.curves import aggregate, plot_curves
+
+    groups = aggregate(run_dirs, metric, reps)
+    path = plot_curves(groups, out, metric)
+    for g in groups:
+        console.print(f"{g.env_id} {g.critic}: {g.seeds} seeds, final IQM {g.iqm[-1]:.3g} at {g.episodes[-1]} episodes")
+    console.print(f"wrote {path}")

@@ -1,0 +1,166 @@
+"""``train_online`` end to end: learning, critic call counts, fallbacks, TACA dropout, the run's dataset."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import MatchEnv
+from fake_openai import FakeOpenAI, responder, status
+from llm_replies import valid_reply_for
+
+from llmca_data.annotation.critic import CriticOutput, make_critic
+from llmca_data.baselines.evaluate import evaluate_policy
+from llmca_data.baselines.online import CURVE, OnlineConfig, train_online
+from llmca_data.baselines.online_io import RUN_DATASET
+from llmca_data.baselines.policy import load_config, load_policy
+from llmca_data.envs.base import MultiAgentEnv
+from llmca_data.loaders import OfflineDataset
+from llmca_data.rollout import Episode
+from llmca_data.schema import from_fsl
+from llmca_data.shards import Manifest, read_shard
+from llmca_data.validate import validate
+
+LBF = "lbf-8x8-2p-2f-coop"
+SMALL = {"eval_episodes": 2, "device": "cpu", "hidden": (32,), "learning_starts": 1, "updates_per_step": 0.05}
+
+
+def curve(run: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run / CURVE).read_text().splitlines()]
+
+
+def stored(run: Path, kind: str, env_id: str = LBF) -> Any:
+    import pyarrow as pa
+
+    root = run / RUN_DATASET
+    names = Manifest.load(root).shards(env_id, kind)
+    return pa.concat_tables([read_shard(root / str(n)) for n in names])
+
+
+class CountingCritic:
+    """A real ``Critic``: the counterfactual critic, counting its calls and the episodes it sees."""
+
+    def __init__(self) -> None:
+        self.inner = make_critic("counterfactual")
+        self.critic_id, self.needs_env = self.inner.critic_id, True
+        self.calls: list[list[int]] = []
+
+    def params(self) -> dict[str, Any]:
+        return self.inner.params()
+
+    def annotate(self, episode: Episode, env: MultiAgentEnv | None) -> CriticOutput:
+        return self.annotate_batch([episode], env)[0]
+
+    def annotate_batch(self, episodes: list[Episode], env: MultiAgentEnv | None) -> list[CriticOutput]:
+        self.calls.append([e.episode_id for e in episodes])
+        return [self.inner.annotate(e, env) for e in episodes]
+
+
+def test_ddqn_learns_the_match_game(tmp_path: Path) -> None:
+    config = OnlineConfig(
+        "match-2a", critic="team", episodes=120, critic_every=4, eval_every=12, eval_episodes=20,
+        checkpoint_every=60, device="cpu", hidden=(32,), lr=3e-3, gamma=0.5, batch_size=64,
+        learning_starts=64, updates_per_step=1.0, target_every=50, eps_fraction=0.5,
+    )  # fmt: skip
+    result = train_online(config, tmp_path / "run", env_factory=MatchEnv)
+    rows = curve(tmp_path / "run")
+    assert [r["episodes"] for r in rows] == list(range(12, 121, 12))
+    assert rows[0]["updates"] == 0 and rows[0]["eval_return"] < 0.9  # untrained
+    assert result.final_return is not None and result.final_return >= 0.95, rows
+
+
+def test_critic_called_once_per_block_and_never_for_committed_episodes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    critic = CountingCritic()
+    config = OnlineConfig("match-2a", critic="counterfactual", episodes=6, critic_every=3, eval_every=3,
+                          checkpoint_every=3, **SMALL)  # fmt: skip
+    train_online(config, run, critic=critic, env_factory=MatchEnv)
+    assert critic.calls == [[0, 1, 2], [3, 4, 5]]
+    saved = tmp_path / "saved"  # the checkpoint after 6 episodes
+    shutil.copytree(run / "checkpoints", saved / "checkpoints")
+    shutil.copy(run / "checkpoint.json", saved / "checkpoint.json")
+    train_online(replace(config, episodes=12), run, critic=critic, env_factory=MatchEnv)
+    assert critic.calls[2:] == [[6, 7, 8], [9, 10, 11]], "a longer rerun annotates only the new episodes"
+    # a kill between the dataset commit and the checkpoint: the dataset is ahead of the checkpoint
+    shutil.rmtree(run / "checkpoints")
+    shutil.copytree(saved / "checkpoints", run / "checkpoints")
+    shutil.copy(saved / "checkpoint.json", run / "checkpoint.json")
+    train_online(replace(config, episodes=12), run, critic=critic, env_factory=MatchEnv)
+    assert len(critic.calls) == 4, "episodes already in the run's dataset were annotated again"
+    assert [r["episodes"] for r in curve(run)] == [3, 6, 9, 12]
+    ids = stored(run, "episodes", "match-2a").column("episode_id").to_pylist()
+    assert sorted(ids) == list(range(12))
+
+
+def test_dataset_validates_and_loads_with_credits(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    config = OnlineConfig(LBF, critic="shapley", episodes=6, critic_every=2, eval_every=2, checkpoint_every=4, **SMALL)
+    train_online(config, run)
+    report = validate(run / RUN_DATASET)
+    assert report.ok, report.problems
+    ds = OfflineDataset.open(run / RUN_DATASET, LBF)
+    assert ds.tiers == ("replay",) and ds.critics == ("shapley",)
+    data = ds.transitions(reward="credit_shapley")
+    steps = stored(run, "steps")
+    assert data["reward"].shape == (steps.num_rows, 2)
+    np.testing.assert_allclose(data["reward"].sum(-1).numpy(), steps.column("reward_team").to_numpy(), atol=1e-5)
+    assert stored(run, "annotations").column("critic").to_pylist() == ["shapley"] * 6
+    body = load_config(run)
+    assert body["algo"] == "ddqn-online" and body["critic_params"]["type"] == "shapley"
+    result = evaluate_policy(load_policy(run), LBF, {}, None)
+    assert result["episodes"] == 20
+
+
+def llm_config(fake: FakeOpenAI, critic: str, **overrides: Any) -> OnlineConfig:
+    settings: dict[str, Any] = {
+        "critic": critic, "episodes": 4, "critic_every": 2, "eval_every": 2, "checkpoint_every": 2,
+        "base_url": fake.base_url, "model": "fake-model", "response_format": "json_object",
+        "episodes_per_prompt": 2, "max_window": 50, "llm_timeout_s": 5.0, "llm_max_retries": 0, **SMALL,
+    }  # fmt: skip
+    settings.update(overrides)
+    return OnlineConfig(LBF, **settings)
+
+
+def test_llm_critic_one_request_per_block_and_cached_rerun(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    fake_openai.default = responder(lambda body: valid_reply_for(body))
+    config = llm_config(fake_openai, "llm-mca", learning_starts=10_000)
+    first = train_online(config, tmp_path / "a")
+    assert fake_openai.request_count == 2 and first.critic_calls == 2 and first.fallback_episodes == 0
+    rows = curve(tmp_path / "a")
+    assert rows[-1]["llm_requests"] == 2 and rows[-1]["tokens_in"] > 0
+    train_online(config, tmp_path / "b")  # same seed, same episodes: every request is in the cache
+    assert fake_openai.request_count == 2
+    assert curve(tmp_path / "b")[-1]["llm_requests"] == 0
+    assert validate(tmp_path / "b" / RUN_DATASET).ok
+
+
+def test_failed_llm_annotation_falls_back_to_team_reward(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    fake_openai.default = status(400)
+    result = train_online(llm_config(fake_openai, "llm-mca"), tmp_path / "run")
+    assert result.fallback_episodes == 4
+    assert curve(tmp_path / "run")[-1]["fallback_episodes"] == 4
+    ann = stored(tmp_path / "run", "annotations")
+    assert ann.column("status").to_pylist() == ["failed"] * 4
+    credits = from_fsl(stored(tmp_path / "run", "steps").column("credit_llm_mca"), (2,))
+    assert np.isnan(credits).all(), "a failed episode stores NaN credits, never zeros"
+    assert validate(tmp_path / "run" / RUN_DATASET).ok
+
+
+def test_taca_dropout_reaches_one_and_policy_acts_without_tasks(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    fake_openai.default = responder(lambda body: valid_reply_for(body))
+    run = tmp_path / "run"
+    train_online(llm_config(fake_openai, "llm-taca", episodes=6, task_dropout_end=0.5), run)
+    rows = curve(run)
+    assert rows[0]["task_dropout"] == pytest.approx(1 / 1.5) and rows[-1]["task_dropout"] == 1.0
+    assert load_config(run)["n_tasks"] == 2
+    tasks = from_fsl(stored(run, "steps").column("task_llm_taca"), (2,))
+    assert (tasks >= 0).any()
+    policy = load_policy(run)
+    assert policy.net.n_tasks == 2  # type: ignore[attr-defined]
+    obs = np.zeros((2, policy.net.obs_dim), np.float32)  # type: ignore[attr-defined]
+    assert policy.act(obs, np.ones((2, 6), np.bool_)).shape == (2,)
