@@ -51,8 +51,26 @@ LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float
 """``loss_fn(batch) -> (scalar loss, extra metrics)``."""
 
 
+class JsonConfig:
+    """``to_dict``/``from_dict`` for the frozen dataclass configs saved in ``config.json``."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (tuples such as ``hidden`` as lists)."""
+        out: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Rebuild from ``to_dict`` output or a run's ``config.json`` (unknown keys are ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if "hidden" in kwargs:
+            kwargs["hidden"] = tuple(int(h) for h in kwargs["hidden"])
+        return cls(**kwargs)
+
+
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """Hyperparameters every baseline shares (algorithms subclass it and add their own)."""
 
     steps: int = 2000
@@ -75,21 +93,6 @@ class TrainConfig:
     """Episodes of each periodic evaluation in the real env (0 turns it off)."""
     online_eval_every: int = 500
     """Roll the current greedy policy out every this many steps (and at the last step)."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (``hidden`` as a list)."""
-        out = dataclasses.asdict(self)
-        out["hidden"] = list(self.hidden)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        """Rebuild from ``to_dict`` output or a run's ``config.json`` (unknown keys are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        if "hidden" in kwargs:
-            kwargs["hidden"] = tuple(int(h) for h in kwargs["hidden"])
-        return cls(**kwargs)
 
 
 def resolve_device(device: str) -> str:

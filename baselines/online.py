@@ -29,21 +29,20 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from llmca_data.annotation.critic import Critic, CriticOutput
 from llmca_data.envs import MultiAgentEnv, make_env
 from llmca_data.rollout import Episode, episode_seed, package_versions
 from llmca_data.shards import DatasetLock
 
-from .networks import Progress, resolve_device
+from .networks import JsonConfig, Progress, resolve_device
 from .online_io import RUN_DATASET, RunDataset, load_checkpoint, save_checkpoint
 from .online_learner import ALGO, DoubleDQN, GreedyAgents, evaluate_greedy, rewards_from
 from .policy import RUN_CONFIG, load_config, save_run
@@ -58,7 +57,7 @@ _RESUMABLE_CHANGES = frozenset({"episodes", "device"})
 
 
 @dataclass(frozen=True)
-class OnlineConfig:
+class OnlineConfig(JsonConfig):
     """One online run (saved in ``config.json``); defaults follow common DQN practice, not the paper's
     (unpublished) settings."""
 
@@ -123,19 +122,6 @@ class OnlineConfig:
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) % self.critic_every:
                 raise ValueError(f"{name}={getattr(self, name)} must be a multiple of critic_every={self.critic_every}")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["hidden"] = list(self.hidden)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        if "hidden" in kwargs:
-            kwargs["hidden"] = tuple(int(h) for h in kwargs["hidden"])
-        return cls(**kwargs)
 
 
 @dataclass(frozen=True)

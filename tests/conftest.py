@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from fake_openai import FakeOpenAI
 from hub_server import HubServer
 
 from llmca_data.collect import CollectConfig, collect
@@ -76,3 +77,14 @@ def hub_env(hub_server: HubServer, tmp_path_factory: pytest.TempPathFactory) -> 
         }
 
     return make
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """A started fault-injecting OpenAI-compatible server (``tests/fake_openai.py``; ``.base_url``
+    ends in ``/v1``), stopped after the test."""
+    server = FakeOpenAI().start()
+    try:
+        yield server
+    finally:
+        server.stop()

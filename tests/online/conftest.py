@@ -1,20 +1,14 @@
-"""Fixtures of the online-training tests: the fault-injecting OpenAI server (reused from
-``tests/annotation``), a tiny known game and a small-config factory."""
+"""Fixtures of the online-training tests: a tiny known game and a small-config factory (the
+fault-injecting OpenAI server ``fake_openai`` comes from ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "annotation"))
-
-from fake_openai import FakeOpenAI
 
 from llmca_data.envs.base import EnvSpec, Step
 
@@ -71,16 +65,6 @@ class MatchEnv:
 
     def describe(self) -> dict[str, Any]:
         return {"env_id": "match-2a", "t": self._t, "targets": self._target.tolist()}
-
-
-@pytest.fixture
-def fake_openai() -> Iterator[FakeOpenAI]:
-    """A started :class:`FakeOpenAI` (see ``tests/annotation/fake_openai.py``), stopped after the test."""
-    server = FakeOpenAI().start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(autouse=True)
