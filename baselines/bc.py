@@ -25,21 +25,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .networks import (
-    AgentNet,
-    GreedyPolicy,
-    Progress,
-    TrainConfig,
-    load_agent_net,
-    load_data,
-    masked_fill_illegal,
-    net_tensors,
-    online_evaluator,
-    resolve_device,
-    run_config,
-    train_loop,
-)
+from .networks import AgentNet, GreedyPolicy, load_agent_net, masked_fill_illegal, net_tensors
 from .policy import DecentralisedPolicy, register, save_run
+from .training import Progress, TrainConfig, load_data, online_evaluator, resolve_device, run_config, train_loop
 
 ALGO = "bc"
 

@@ -37,20 +37,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .networks import (
-    AgentNet,
-    GreedyPolicy,
-    Progress,
-    TaskDropout,
-    TrainConfig,
-    cql_penalty,
-    double_q_next,
-    fit_q_learner,
-    load_agent_net,
-    load_data,
-    resolve_device,
-)
+from .networks import AgentNet, GreedyPolicy, TaskDropout, cql_penalty, double_q_next, load_agent_net
 from .policy import DecentralisedPolicy, register
+from .training import Progress, TrainConfig, fit_q_learner, load_data, resolve_device
 
 ALGO = "iql-cql"
 

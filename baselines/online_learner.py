@@ -28,18 +28,10 @@ from llmca_data.reference import REFERENCE_RETURNS, normalized_score
 from llmca_data.rollout import Episode, eval_seed, run_episode
 
 from .iql_cql import td_targets
-from .networks import (
-    PERIODIC_EVAL_OFFSET,
-    AgentNet,
-    GreedyPolicy,
-    TaskDropout,
-    load_agent_net,
-    masked_argmax,
-    net_tensors,
-    soft_update,
-)
+from .networks import AgentNet, GreedyPolicy, TaskDropout, load_agent_net, masked_argmax, net_tensors, soft_update
 from .policy import DecentralisedPolicy, register
 from .replay_buffer import ReplayBuffer
+from .training import PERIODIC_EVAL_OFFSET
 
 if TYPE_CHECKING:
     from .online import OnlineConfig

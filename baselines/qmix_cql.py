@@ -29,23 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import (
-    AgentNet,
-    GreedyPolicy,
-    Progress,
-    TrainConfig,
-    cql_penalty,
-    double_q_next,
-    load_agent_net,
-    load_data,
-    net_tensors,
-    online_evaluator,
-    resolve_device,
-    run_config,
-    soft_update,
-    train_loop,
-)
+from .networks import AgentNet, GreedyPolicy, cql_penalty, double_q_next, load_agent_net, net_tensors, soft_update
 from .policy import DecentralisedPolicy, register, save_run
+from .training import Progress, TrainConfig, load_data, online_evaluator, resolve_device, run_config, train_loop
 
 ALGO = "qmix-cql"
 MIXER_PREFIX = "mixer."

@@ -16,7 +16,7 @@ from typing import Any
 
 from llmca_data.errors import LlmcaError
 
-from .networks import Progress
+from .training import Progress
 
 TORCH_ALGOS = ("bc", "iql-cql", "vdn-cql", "qmix-cql")
 D3RLPY_ALGOS = ("d3rlpy-bc", "d3rlpy-cql", "d3rlpy-bcq")

@@ -48,7 +48,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import torch
 
 from llmca_data.baselines.iql_cql import IQLCQLConfig, fit_iql_cql
-from llmca_data.baselines.networks import load_data
+from llmca_data.baselines.training import load_data
 from llmca_data.collect import CollectConfig, collect
 from llmca_data.loaders import OfflineDataset
 

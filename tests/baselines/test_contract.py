@@ -14,9 +14,10 @@ import torch
 
 from llmca_data.baselines.bc import BCConfig, fit_bc, train_bc
 from llmca_data.baselines.iql_cql import IQLCQLConfig, fit_iql_cql, td_targets, train_iql_cql
-from llmca_data.baselines.networks import AgentNet, TrainConfig, masked_argmax
+from llmca_data.baselines.networks import AgentNet, masked_argmax
 from llmca_data.baselines.policy import RUN_CONFIG, RUN_METRICS, RUN_WEIGHTS, DecentralisedPolicy, load_policy
 from llmca_data.baselines.qmix_cql import QMIXCQLConfig, QMixer, fit_qmix_cql, qmix_targets, train_qmix_cql
+from llmca_data.baselines.training import TrainConfig
 from llmca_data.baselines.vdn_cql import VDNCQLConfig, fit_vdn_cql, train_vdn_cql, vdn_targets
 from llmca_data.collect import CollectConfig, collect
 from llmca_data.envs import make_env

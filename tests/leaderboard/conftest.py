@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from llmca_data.baselines.bc import BCConfig, fit_bc
-from llmca_data.baselines.networks import load_data
 from llmca_data.baselines.qmix_cql import QMIXCQLConfig, fit_qmix_cql
+from llmca_data.baselines.training import load_data
 from llmca_data.leaderboard.assemble import make_submission
 from llmca_data.leaderboard.identity import dataset_identity
 from llmca_data.leaderboard.submission import DatasetIdentity

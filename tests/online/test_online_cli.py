@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import typer
-from conftest import MatchEnv
+from match_env import MatchEnv
 from typer.testing import CliRunner
 
 from llmca_data.baselines.evaluate import evaluate_run

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import MatchEnv
 from fake_openai import FakeOpenAI, responder, status
 from llm_replies import valid_reply_for
+from match_env import MatchEnv
 
 from llmca_data.annotation.critic import CriticOutput, make_critic
 from llmca_data.baselines.evaluate import evaluate_policy
