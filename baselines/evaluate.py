@@ -101,7 +101,10 @@ def evaluate_policy(
     costs: list[float] = []
     successes: list[bool] = []
     illegal = 0
+    reset = getattr(policy, "reset", None)  # recurrent policies forget their state per episode
     for seed in seeds:
+        if callable(reset):
+            reset()
         obs = env.reset(seed)  # [N, obs_dim]
         ret = cost = 0.0
         terminated = truncated = False

@@ -12,6 +12,9 @@ i's TD target uses its *own* reward column::
     loss = mean_i (Q_i(o_i, a_i) - y_i)^2
          + cql_alpha * mean_i [logsumexp_{legal a} Q_i(o_i, a) - Q_i(o_i, a_i)]
 
+``rnn_hidden`` > 0 adds a GRU over each agent's own observation history (trained on whole
+episodes, ``recurrent_iql_cql_loss``); the policy keeps one hidden state per agent.
+
 LLM-TACA (``task_input="llm-taca"``): agent i's assigned task (one-hot) is appended to its
 input and dropped with a probability ramped linearly to 1 (``TaskDropout``), so the final
 policy acts without it.
@@ -37,7 +40,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .networks import AgentNet, GreedyPolicy, TaskDropout, cql_penalty, double_q_next, load_agent_net
+from .networks import (
+    AgentNet,
+    GreedyPolicy,
+    TaskDropout,
+    cql_penalty,
+    double_q_next,
+    load_agent_net,
+    masked_argmax,
+    masked_fill_illegal,
+)
 from .policy import DecentralisedPolicy, register
 from .training import Progress, TrainConfig, fit_q_learner, load_data, resolve_device
 
@@ -60,6 +72,9 @@ class IQLCQLConfig(TrainConfig):
     """LLM-TACA: a task critic (``llm-taca``) whose task, one-hot, is appended to each agent's input."""
     task_dropout_end: float = 0.8
     """Fraction of training at which the task input's dropout probability (linear from 0) reaches 1."""
+    rnn_hidden: int = 0
+    """> 0: a GRU of this width over each agent's observation history; minibatches are then
+    ``batch_size`` whole episodes instead of transitions."""
 
 
 def td_targets(
@@ -103,6 +118,44 @@ def iql_cql_loss(
     return td + config.cql_alpha * cql, extras
 
 
+def recurrent_iql_cql_loss(
+    batch: dict[str, torch.Tensor],
+    online: AgentNet,
+    target: AgentNet,
+    config: IQLCQLConfig,
+    dropout: TaskDropout | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """``iql_cql_loss`` over whole episodes through the GRU (``batch`` [B, T, ...], ``mask`` [B, T]).
+
+    The net runs once over ``o_0 … o_T`` (``obs[:, 0]`` then every ``next_obs``), so step t's
+    Q comes from the state after ``o_0 … o_t`` and its target from the state after ``o_{t+1}``;
+    padding after an episode's end is masked out of both terms.
+    """
+    task = next_task = None
+    extras: dict[str, float] = {}
+    if dropout is not None:
+        task, next_task = dropout.apply(batch["task"], batch["next_task"])  # [B, T, N] each
+        extras["task_dropout"] = dropout.p
+    obs = torch.cat([batch["obs"][:, :1], batch["next_obs"]], dim=1)  # [B, T+1, N, obs_dim]
+    tasks = None if task is None or next_task is None else torch.cat([task[:, :1], next_task], dim=1)  # [B, T+1, N]
+    q_all = online(obs, tasks)  # [B, T+1, N, A]
+    q = q_all[:, :-1]  # [B, T, N, A]
+    with torch.no_grad():
+        best = masked_argmax(q_all[:, 1:], batch["next_action_mask"])  # [B, T, N]
+        q_next = target(obs, tasks)[:, 1:].gather(-1, best.unsqueeze(-1)).squeeze(-1)  # [B, T, N]
+    not_done = (~batch["terminated"]).float().unsqueeze(-1)  # [B, T, 1]: truncation bootstraps
+    y = batch["reward"] + config.gamma * not_done * q_next  # [B, T, N]: agent i's own reward
+    q_data = q.gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)  # [B, T, N]
+    real = batch["mask"].unsqueeze(-1).expand_as(q_data).float()  # [B, T, N]
+    count = real.sum().clamp(min=1.0)
+    td = ((q_data - y) ** 2 * real).sum() / count
+    lse = torch.logsumexp(masked_fill_illegal(q, batch["action_mask"]), dim=-1)  # [B, T, N]
+    cql = ((lse - q_data) * real).sum() / count
+    q_mean = (q_data * real).sum() / count
+    extras.update(td_loss=td.item(), cql=cql.item(), q_mean=q_mean.item())
+    return td + config.cql_alpha * cql, extras
+
+
 def fit_iql_cql(
     data: dict[str, torch.Tensor],
     info: dict[str, Any],
@@ -111,17 +164,21 @@ def fit_iql_cql(
     progress: Progress | None = None,
 ) -> tuple[Path, GreedyPolicy]:
     """Train on resident transition tensors (``reward`` already chosen; ``task``/``next_task``
-    present when ``config.task_input`` is set) and write the run directory."""
+    present when ``config.task_input`` is set; whole episodes [S, T, ...] with ``mask`` when
+    ``config.rnn_hidden`` > 0) and write the run directory."""
+    if config.rnn_hidden and "mask" not in data:
+        raise ValueError("rnn_hidden > 0 trains on whole episodes: load them with load_data(..., sequences=True)")
     if config.task_input is not None and "task" not in data:
         raise ValueError(f"task_input={config.task_input!r} needs 'task'/'next_task' tensors in the data")
     dropout = TaskDropout(config.steps, config.task_dropout_end) if config.task_input is not None else None
+    loss = recurrent_iql_cql_loss if config.rnn_hidden else iql_cql_loss
     return fit_q_learner(
         ALGO,
         data if dropout is not None else {k: v for k, v in data.items() if k not in ("task", "next_task")},
         info,
         out_dir,
         config,
-        lambda b, o, t: iql_cql_loss(b, o, t, config, dropout),
+        lambda b, o, t: loss(b, o, t, config, dropout),
         progress,
         on_step=None if dropout is None else dropout.update,
     )
@@ -137,7 +194,7 @@ def train_iql_cql(
 ) -> Path:
     """Independent Q-learning + CQL on ``env_id`` (``tiers``) with reward source ``config.reward``."""
     device = resolve_device(config.device)
-    data, info = load_data(dataset_path, env_id, tiers, config.reward, device, config.task_input)
+    data, info = load_data(dataset_path, env_id, tiers, config.reward, device, config.task_input, config.rnn_hidden > 0)
     return fit_iql_cql(data, info, Path(out_dir), config, progress)[0]
 
 

@@ -25,26 +25,42 @@ ILLEGAL = -1e9
 
 
 class AgentNet(nn.Module):
-    """MLP over ``[obs_i, onehot(i), onehot(task_i)]`` → one value (logit or Q-value) per action, shared by all agents.
+    """Shared by all agents: ``[obs_i, onehot(i), onehot(task_i)]`` → one value (logit or Q) per action.
 
     ``n_tasks`` > 0 adds an LLM-TACA task input; task −1 (or no ``task`` at all, as at
     evaluation) is the all-zero vector, so a policy trained with task dropout runs without it.
+    ``rnn_hidden`` > 0 puts a GRU of that width between the MLP encoder and the output layer:
+    inputs then carry a time axis (``obs`` [B, T, N, obs_dim]) and each agent's hidden state
+    runs over its own observations only; ``step`` advances it by one step when acting.
     """
 
-    def __init__(self, obs_dim: int, n_agents: int, n_actions: int, hidden: Sequence[int], n_tasks: int = 0) -> None:
+    def __init__(
+        self,
+        obs_dim: int,
+        n_agents: int,
+        n_actions: int,
+        hidden: Sequence[int],
+        n_tasks: int = 0,
+        rnn_hidden: int = 0,
+    ) -> None:
         super().__init__()
-        self.obs_dim, self.n_agents, self.n_actions, self.n_tasks = obs_dim, n_agents, n_actions, n_tasks
+        self.obs_dim, self.n_agents, self.n_actions = obs_dim, n_agents, n_actions
+        self.n_tasks, self.rnn_hidden = n_tasks, rnn_hidden
         layers: list[nn.Module] = []
         width = obs_dim + n_agents + n_tasks
         for h in hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
-        layers.append(nn.Linear(width, n_actions))
+        if rnn_hidden:
+            self.gru = nn.GRU(width, rnn_hidden, batch_first=True)
+            self.head = nn.Linear(rnn_hidden, n_actions)
+        else:
+            layers.append(nn.Linear(width, n_actions))
         self.mlp = nn.Sequential(*layers)
         self.register_buffer("agent_ids", torch.eye(n_agents), persistent=False)
 
-    def forward(self, obs: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
-        """``obs`` [..., N, obs_dim], ``task`` int64 [..., N] (−1 = none) → values [..., N, A]."""
+    def _inputs(self, obs: torch.Tensor, task: torch.Tensor | None) -> torch.Tensor:
+        """``[obs, agent id one-hot, task one-hot]`` [..., N, obs_dim + N + K]."""
         ids = self.get_buffer("agent_ids").expand(*obs.shape[:-1], self.n_agents)  # [..., N, N]
         parts = [obs, ids]
         if self.n_tasks:
@@ -53,8 +69,32 @@ class AgentNet(nn.Module):
             else:
                 onehot = F.one_hot(task.clamp(min=0), self.n_tasks).to(obs.dtype)  # [..., N, K]
                 parts.append(onehot * (task >= 0).unsqueeze(-1).to(obs.dtype))
-        out: torch.Tensor = self.mlp(torch.cat(parts, dim=-1))  # [..., N, A]
-        return out
+        return torch.cat(parts, dim=-1)
+
+    def forward(self, obs: torch.Tensor, task: torch.Tensor | None = None) -> torch.Tensor:
+        """``obs`` [..., N, obs_dim], ``task`` int64 [..., N] (−1 = none) → values [..., N, A].
+
+        With a GRU, ``obs`` is [B, T, N, obs_dim] and every sequence starts from a zero state.
+        """
+        x: torch.Tensor = self.mlp(self._inputs(obs, task))  # [..., N, A] or [B, T, N, W]
+        if not self.rnn_hidden:
+            return x
+        return self._recur(x, None)[0]
+
+    def _recur(self, x: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """GRU over time per agent: ``x`` [B, T, N, W], ``h`` [1, B*N, H] → values [B, T, N, A], state."""
+        b, t, n, w = x.shape
+        out, h = self.gru(x.transpose(1, 2).reshape(b * n, t, w), h)  # [B*N, T, H]
+        q: torch.Tensor = self.head(out).reshape(b, n, t, self.n_actions).transpose(1, 2)  # [B, T, N, A]
+        return q, h
+
+    def step(self, obs: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One acting step: ``obs`` [N, obs_dim] and the state (None at an episode's start) → [N, A], state."""
+        x = self.mlp(self._inputs(obs, None))  # [N, W] or [N, A]
+        if not self.rnn_hidden:
+            return x, None
+        q, h = self._recur(x[None, None], h)  # [1, 1, N, A]
+        return q[0, 0], h
 
 
 def masked_fill_illegal(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -96,20 +136,27 @@ def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
 
 
 class GreedyPolicy:
-    """``DecentralisedPolicy``: each agent takes the masked argmax of the shared net on its own obs + id."""
+    """``DecentralisedPolicy``: each agent takes the masked argmax of the shared net on its own obs + id
+    (and, for a GRU net, its own observation history since ``reset``)."""
 
     def __init__(self, algo: str, net: AgentNet, device: str = "cpu") -> None:
         self.algo = algo
         self.n_agents = net.n_agents
         self.net = net.to(device).eval()
         self.device = device
+        self._state: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        """Forget the recurrent state: call at the start of every episode."""
+        self._state = None
 
     def act(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """``obs`` float32 [N, obs_dim], ``mask`` bool [N, A] → int64 [N]."""
         with torch.no_grad():
             o = torch.tensor(np.asarray(obs, np.float32), device=self.device)  # [N, obs_dim]
             m = torch.tensor(np.asarray(mask, np.bool_), device=self.device)  # [N, A]
-            return masked_argmax(self.net(o), m).cpu().numpy().astype(np.int64)
+            values, self._state = self.net.step(o, self._state)  # [N, A]
+            return masked_argmax(values, m).cpu().numpy().astype(np.int64)
 
 
 class TaskDropout:
@@ -147,8 +194,10 @@ def net_tensors(net: AgentNet) -> dict[str, torch.Tensor]:
 
 def load_agent_net(config: dict[str, Any], tensors: dict[str, Any], device: str) -> AgentNet:
     """Rebuild the shared ``AgentNet`` of a run from ``config.json`` and its safetensors weights."""
-    n_tasks = int(config.get("n_tasks", 0))
-    net = AgentNet(int(config["obs_dim"]), int(config["n_agents"]), int(config["n_actions"]), config["hidden"], n_tasks)
+    n_tasks, rnn_hidden = int(config.get("n_tasks", 0)), int(config.get("rnn_hidden", 0))
+    net = AgentNet(
+        int(config["obs_dim"]), int(config["n_agents"]), int(config["n_actions"]), config["hidden"], n_tasks, rnn_hidden
+    )
     state = {k.removeprefix(NET_PREFIX): v for k, v in tensors.items() if k.startswith(NET_PREFIX)}
     net.load_state_dict(state, strict=True)
     return net.to(device)

@@ -45,7 +45,9 @@ class DecentralisedPolicy(Protocol):
     def act(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Greedy joint action: ``obs`` float32 ``[N, obs_dim]``, ``mask`` bool ``[N, A]`` → int64 ``[N]``.
 
-        Agent i's action may depend only on ``obs[i]``, ``mask[i]`` and i itself (its id).
+        Agent i's action may depend only on ``obs[i]``, ``mask[i]``, i itself (its id) and, for a
+        recurrent policy, agent i's earlier observations since the policy's optional ``reset()``,
+        which evaluation calls at the start of every episode.
         """
         ...
 

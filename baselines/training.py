@@ -122,11 +122,18 @@ def load_data(
     reward: str,
     device: str,
     tasks: str | None = None,
+    sequences: bool = False,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Whole dataset resident on ``device`` (with ``task``/``next_task`` when ``tasks`` names a task
-    critic), and the run facts for ``config.json``."""
+    """Whole dataset resident on ``device``, and the run facts for ``config.json``.
+
+    Transitions [M, ...], or with ``sequences`` whole episodes [S, T = max_steps, ...] with a
+    ``mask`` [S, T] (for the GRU variant); ``task``/``next_task`` when ``tasks`` names a task critic.
+    """
     ds = OfflineDataset.open(dataset_path, env_id, tiers)
-    data = ds.transitions(reward=reward, device=device, tasks=tasks)
+    if sequences:
+        data = ds.sequences(ds.spec.max_steps, reward=reward, device=device, tasks=tasks)
+    else:
+        data = ds.transitions(reward=reward, device=device, tasks=tasks)
     info = {
         "env_id": env_id,
         "env_kwargs": dict(ds.spec.kwargs),
@@ -139,7 +146,7 @@ def load_data(
 
 def run_config(algo: str, data: dict[str, torch.Tensor], config: TrainConfig, info: dict[str, Any]) -> dict[str, Any]:
     """The ``config.json`` body: algorithm, sizes read off the data, run facts and hyperparameters."""
-    _, n, d = data["obs"].shape
+    n, d = data["obs"].shape[-2:]  # [M, N, obs_dim] or [S, T, N, obs_dim]
     return {
         **info,
         **config.to_dict(),
@@ -154,15 +161,18 @@ def run_config(algo: str, data: dict[str, torch.Tensor], config: TrainConfig, in
 def split_episodes(
     data: dict[str, torch.Tensor], val_fraction: float, seed: int
 ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Hold out whole episodes: (train, validation); validation is empty when there is one episode."""
-    ep = data["episode_id"]  # [M]
+    """Hold out whole episodes: (train, validation); validation is empty when there is one episode.
+
+    Rows are transitions (``episode_id`` [M]) or whole episodes (``episode_id`` [S, T]).
+    """
+    ep = data["episode_id"] if data["episode_id"].dim() == 1 else data["episode_id"][:, 0]  # [M] or [S]
     ids = torch.unique(ep)  # [E]
     n_val = min(round(val_fraction * ids.numel()), ids.numel() - 1)
     if val_fraction > 0 and ids.numel() > 1:
         n_val = max(n_val, 1)
     gen = torch.Generator().manual_seed(seed)
     perm = torch.randperm(ids.numel(), generator=gen).to(ids.device)
-    is_val = torch.isin(ep, ids[perm[:n_val]])  # [M]
+    is_val = torch.isin(ep, ids[perm[:n_val]])  # [M] or [S]
     return {k: v[~is_val] for k, v in data.items()}, {k: v[is_val] for k, v in data.items()}
 
 
@@ -182,7 +192,9 @@ def fit_q_learner(
     torch.manual_seed(config.seed)
     body = run_config(algo, data, config, info)
     device = data["obs"].device
-    online = AgentNet(body["obs_dim"], body["n_agents"], body["n_actions"], config.hidden, body["n_tasks"])
+    online = AgentNet(
+        body["obs_dim"], body["n_agents"], body["n_actions"], config.hidden, body["n_tasks"], body.get("rnn_hidden", 0)
+    )
     online = online.to(device)
     target = copy.deepcopy(online).requires_grad_(False)
 

@@ -58,6 +58,8 @@ class AgentNetSpec:
     """Hidden layer widths, 1 to ``MAX_LAYERS`` layers of 1 to ``MAX_WIDTH`` units."""
     n_tasks: int = 0
     """LLM-TACA task inputs (0: none; a missing key means 0)."""
+    rnn_hidden: int = 0
+    """Width of the GRU between encoder and output (``iql-cql`` with ``rnn_hidden``; 0: none)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields (``hidden`` as a list), ``load_agent_net``-compatible."""
@@ -89,7 +91,9 @@ class Architecture:
 
 
 def _agent_net(spec: AgentNetSpec) -> AgentNet:
-    return AgentNet(spec.obs_dim, spec.n_agents, spec.n_actions, spec.hidden, n_tasks=spec.n_tasks)
+    return AgentNet(
+        spec.obs_dim, spec.n_agents, spec.n_actions, spec.hidden, n_tasks=spec.n_tasks, rnn_hidden=spec.rnn_hidden
+    )
 
 
 def _build_agent_net(spec: AgentNetSpec) -> dict[str, nn.Module]:
@@ -158,7 +162,9 @@ def parse_spec(arch_id: str, raw: Any) -> tuple[AgentNetSpec | None, list[str]]:
             else:
                 values[name] = tuple(w for w in widths if w is not None)
             continue
-        low, high = (0, MAX_DIM) if name == "n_tasks" else (1, MAX_WIDTH if name == "mixer_hidden" else MAX_DIM)
+        low, high = {"n_tasks": (0, MAX_DIM), "rnn_hidden": (0, MAX_WIDTH), "mixer_hidden": (1, MAX_WIDTH)}.get(
+            name, (1, MAX_DIM)
+        )
         if (value := _as_int(raw[name], low, high)) is None:
             problems.append(f"config {name!r} must be an int in {low}..{high}, got {raw[name]!r}")
         else:
