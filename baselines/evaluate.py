@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from llmca_data.envs import make_env
+from llmca_data.policies.base import random_legal_actions
 from llmca_data.reference import normalized_score
 from llmca_data.rollout import eval_seed
 
@@ -42,10 +43,15 @@ class EvalConfig:
     episodes: int = 20
     seed_offset: int = 0
     """Episode i is played from ``eval_seed(seed_offset + i)``."""
+    epsilon: float = 0.0
+    """Probability that each agent's action is replaced by a uniformly random legal one (0: the
+    greedy policy itself). The draws are seeded by the episode's seed, so results reproduce."""
 
     def __post_init__(self) -> None:
         if self.episodes < 1:
             raise ValueError(f"evaluation needs at least one episode, got {self.episodes}")
+        if not 0.0 <= self.epsilon <= 1.0:
+            raise ValueError(f"epsilon must be in [0, 1], got {self.epsilon}")
         if self.seed_offset < 0:
             raise ValueError(f"seed_offset must be >= 0, got {self.seed_offset}")
 
@@ -106,6 +112,7 @@ def evaluate_policy(
         if callable(reset):
             reset()
         obs = env.reset(seed)  # [N, obs_dim]
+        explore = np.random.default_rng([seed, 0xE95])
         ret = cost = 0.0
         terminated = truncated = False
         info: dict[str, Any] = {}
@@ -117,6 +124,9 @@ def evaluate_policy(
             action = np.asarray(policy.act(np.asarray(obs, np.float32), mask), np.int64)  # [N]
             if action.shape != (spec.n_agents,):
                 raise ValueError(f"{policy.algo}: act returned shape {action.shape}, expected ({spec.n_agents},)")
+            if cfg.epsilon > 0:
+                swap = explore.random(spec.n_agents) < cfg.epsilon  # [N]
+                action = np.where(swap, random_legal_actions(mask, explore), action)
             illegal += int((~mask[np.arange(spec.n_agents), np.clip(action, 0, spec.n_actions - 1)]).sum())
             obs, reward, step_cost, terminated, truncated, info = env.step(action)
             ret += float(np.sum(reward, dtype=np.float64))

@@ -377,11 +377,18 @@ def evaluate_cmd(
     seed_offset: int = typer.Option(
         0, "--seeds", min=0, help="Index of the first evaluation seed: episode i plays eval_seed(SEEDS + i) ≥ 2^31."
     ),
+    epsilon: float = typer.Option(
+        0.0, "--epsilon", min=0.0, max=1.0, help="Replace each action by a random legal one with this probability."
+    ),
 ) -> None:
-    """Roll the final policy out in the real env (decentralised) and write RUN_DIR/eval.json."""
+    """Roll the final policy out in the real env (decentralised) and write RUN_DIR/eval.json.
+
+    The default is the greedy policy itself. Deterministic greedy policies can deadlock (e.g. two
+    LBF agents blocking each other forever); --epsilon 0.05 reports the policy with seeded noise.
+    """
     from llmca_data.baselines.evaluate import EvalConfig, evaluate_run
 
-    result = evaluate_run(run_dir, EvalConfig(episodes=episodes, seed_offset=seed_offset))
+    result = evaluate_run(run_dir, EvalConfig(episodes=episodes, seed_offset=seed_offset, epsilon=epsilon))
     score = result["normalized_score"]
     console.print(
         f"{result['env_id']}: return {result['mean_return']:.3f} ± {result['std_return']:.3f}, normalised "

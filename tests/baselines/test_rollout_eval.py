@@ -71,6 +71,33 @@ def test_eval_config_validates() -> None:
         EvalConfig(episodes=0)
     with pytest.raises(ValueError):
         EvalConfig(seed_offset=-1)
+    with pytest.raises(ValueError, match="epsilon"):
+        EvalConfig(epsilon=1.5)
+
+
+class StandStill:
+    """Always the no-op (action 0): a deterministic policy that never collects food."""
+
+    algo = "stand-still"
+    n_agents = 2
+
+    def __init__(self) -> None:
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def act(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return np.zeros(2, np.int64)
+
+
+def test_epsilon_mixes_in_seeded_random_legal_actions_and_reset_is_called() -> None:
+    still = StandStill()
+    greedy = evaluate_policy(still, ENV, {}, EvalConfig(episodes=6))
+    assert greedy["mean_return"] == 0.0 and still.resets == 6  # reset before every episode
+    noisy = evaluate_policy(StandStill(), ENV, {}, EvalConfig(episodes=6, epsilon=1.0))
+    assert noisy["illegal_actions"] == 0 and noisy["mean_return"] > 0  # ε = 1 plays random legal actions
+    assert evaluate_policy(StandStill(), ENV, {}, EvalConfig(episodes=6, epsilon=1.0)) == noisy  # reproducible
 
 
 def test_wrong_action_shape_is_refused() -> None:
@@ -98,7 +125,7 @@ def test_evaluate_run_writes_eval_json(tmp_path: Path, monkeypatch: pytest.Monke
     out = evaluate_run(run, EvalConfig(episodes=2))
     written = json.loads((run / RUN_EVAL).read_text())
     assert written == out
-    assert written["algo"] == "test-random" and written["eval_config"] == {"episodes": 2, "seed_offset": 0}
+    assert written["algo"] == "test-random" and written["eval_config"] == {"episodes": 2, "seed_offset": 0, "epsilon": 0.0}
     assert set(written) >= KEYS
     assert out["returns"] == evaluate_policy(RandomPolicy(2, seed=7), ENV, {}, EvalConfig(episodes=2))["returns"]
     assert not list(run.glob(".*.tmp"))
