@@ -34,6 +34,7 @@ from llmca_data.reference import normalized_score
 from llmca_data.rollout import eval_seed
 
 from .policy import RUN_EVAL, DecentralisedPolicy, RunError, load_config, load_policy
+from .training import resolve_device
 
 
 @dataclass(frozen=True)
@@ -159,6 +160,9 @@ def evaluate_policy(
 def evaluate_run(run_dir: Path, config: EvalConfig | None = None, device: str = "cpu") -> dict[str, Any]:
     """Evaluate the final checkpoint of ``run_dir`` and write its ``eval.json`` atomically.
 
+    On CPU torch runs one thread: the per-step forward passes are tiny, and several threads
+    on a busy machine make evaluation many times slower (measured: 16 min → 1 min).
+
     The env id and kwargs come from the run's ``config.json``; the result also names the
     ``algo`` and the ``eval_config`` used.
 
@@ -170,7 +174,7 @@ def evaluate_run(run_dir: Path, config: EvalConfig | None = None, device: str = 
     run_config = load_config(run_dir)
     if "env_id" not in run_config:
         raise RunError(f"{run_dir}/config.json has no 'env_id'")
-    policy = load_policy(run_dir, device)
+    policy = load_policy(run_dir, resolve_device(device))
     result = evaluate_policy(policy, str(run_config["env_id"]), dict(run_config.get("env_kwargs", {})), cfg)
     result = {"algo": run_config.get("algo"), "eval_config": asdict(cfg), **result}
     tmp = run_dir / f".{RUN_EVAL}.tmp"

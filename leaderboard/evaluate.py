@@ -28,6 +28,7 @@ from typing import Any
 
 from llmca_data import SCHEMA_VERSION, __version__
 from llmca_data.baselines.evaluate import EvalConfig, evaluate_policy
+from llmca_data.baselines.training import resolve_device
 
 from .architectures import build_policy
 from .submission import SUBMISSION_FILE, DatasetIdentity
@@ -82,7 +83,7 @@ def evaluate_seed(seed: CheckedSeed, name: str, config: LeaderboardEvalConfig) -
 
     entry = seed.entry
     tensors = load_file(str(seed.path), device="cpu")
-    policy = build_policy(entry.architecture, seed.spec, tensors, name, config.device)
+    policy = build_policy(entry.architecture, seed.spec, tensors, name, resolve_device(config.device))
     verified = evaluate_policy(policy, entry.env_id, {}, config.eval_config())
     flags = disagreements(entry.metrics, verified, config.tolerance)
     for flag in flags:
