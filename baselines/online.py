@@ -384,7 +384,7 @@ def _run_config(config: OnlineConfig, learner: DoubleDQN, critic: Critic | None)
     body: dict[str, Any] = {
         **config.to_dict(), "algo": ALGO, "n_agents": spec.n_agents, "obs_dim": spec.obs_dim,
         "n_actions": spec.n_actions, "n_tasks": learner.n_tasks, "critic_params": params,
-        "model": params.get("model", ""), "dataset": RUN_DATASET, "curve": CURVE, "versions": package_versions(),
+        "critic_model": params.get("model", ""), "dataset": RUN_DATASET, "curve": CURVE, "versions": package_versions(),
         "seeds": {"train": config.seed, "episode_seed": f"episode_seed({config.seed}, i)",
                   "eval": "eval_seed(PERIODIC_EVAL_OFFSET + k)"},
     }  # fmt: skip

@@ -139,6 +139,17 @@ def test_llm_critic_one_request_per_block_and_cached_rerun(fake_openai: FakeOpen
     assert validate(tmp_path / "b" / RUN_DATASET).ok
 
 
+def test_a_finished_llm_run_reruns_as_a_no_op(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    fake_openai.default = responder(lambda body: valid_reply_for(body))
+    config = llm_config(fake_openai, "llm-mca", learning_starts=10_000)
+    train_online(config, tmp_path / "run")
+    body = load_config(tmp_path / "run")
+    assert body["model"] == config.model and body["critic_model"] == "fake-model"  # the config as given
+    sent = fake_openai.request_count
+    train_online(config, tmp_path / "run")  # the same command again: accepted, nothing redone
+    assert fake_openai.request_count == sent
+
+
 def test_failed_llm_annotation_falls_back_to_team_reward(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
     fake_openai.default = status(400)
     result = train_online(llm_config(fake_openai, "llm-mca"), tmp_path / "run")
