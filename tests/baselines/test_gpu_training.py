@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from llmca_data.baselines.iql_cql import IQLCQLConfig, train_iql_cql
-from llmca_data.baselines.training import load_data
 from llmca_data.baselines.policy import RUN_CONFIG, load_policy
 from llmca_data.baselines.qmix_cql import QMIXCQLConfig, train_qmix_cql
+from llmca_data.baselines.training import load_data
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -125,7 +125,8 @@ def test_evaluate_run_writes_eval_json(tmp_path: Path, monkeypatch: pytest.Monke
     out = evaluate_run(run, EvalConfig(episodes=2))
     written = json.loads((run / RUN_EVAL).read_text())
     assert written == out
-    assert written["algo"] == "test-random" and written["eval_config"] == {"episodes": 2, "seed_offset": 0, "epsilon": 0.0}
+    assert written["algo"] == "test-random"
+    assert written["eval_config"] == {"episodes": 2, "seed_offset": 0, "epsilon": 0.0}
     assert set(written) >= KEYS
     assert out["returns"] == evaluate_policy(RandomPolicy(2, seed=7), ENV, {}, EvalConfig(episodes=2))["returns"]
     assert not list(run.glob(".*.tmp"))
