@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .networks import AgentNet, GreedyPolicy, load_agent_net, masked_fill_illegal, net_tensors
-from .policy import DecentralisedPolicy, register, save_run
+from .networks import AgentNet, GreedyPolicy, greedy_loader, masked_fill_illegal, net_tensors
+from .policy import register, save_run
 from .training import Progress, TrainConfig, load_data, online_evaluator, resolve_device, run_config, train_loop
 
 ALGO = "bc"
@@ -90,7 +90,4 @@ def train_bc(
     return fit_bc(data, info, Path(out_dir), config, progress)[0]
 
 
-@register(ALGO)
-def load_bc(config: dict[str, Any], tensors: dict[str, Any], device: str) -> DecentralisedPolicy:
-    """Rebuild a ``bc`` policy from its ``config.json`` and safetensors weights."""
-    return GreedyPolicy(ALGO, load_agent_net(config, tensors, device), device)
+register(ALGO)(greedy_loader(ALGO))

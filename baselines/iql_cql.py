@@ -46,11 +46,12 @@ from .networks import (
     TaskDropout,
     cql_penalty,
     double_q_next,
-    load_agent_net,
+    greedy_loader,
     masked_argmax,
     masked_fill_illegal,
+    task_inputs,
 )
-from .policy import DecentralisedPolicy, register
+from .policy import register
 from .training import Progress, TrainConfig, fit_q_learner, load_data, resolve_device
 
 ALGO = "iql-cql"
@@ -104,11 +105,8 @@ def iql_cql_loss(
     With a task input (``batch["task"]`` and a ``dropout`` schedule) each agent's task is
     dropped with the schedule's current probability before both Q evaluations.
     """
-    task = next_task = None
-    extras: dict[str, float] = {}
-    if dropout is not None:
-        task, next_task = dropout.apply(batch["task"], batch["next_task"])  # [B, N] each
-        extras["task_dropout"] = dropout.p
+    task, next_task = task_inputs(batch, dropout)  # [B, N] each, or None
+    extras: dict[str, float] = {} if dropout is None else {"task_dropout": dropout.p}
     q = online(batch["obs"], task)  # [B, N, A]
     q_data = q.gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)  # [B, N]
     y = td_targets(batch, online, target, config.gamma, next_task)  # [B, N]
@@ -131,11 +129,8 @@ def recurrent_iql_cql_loss(
     Q comes from the state after ``o_0 … o_t`` and its target from the state after ``o_{t+1}``;
     padding after an episode's end is masked out of both terms.
     """
-    task = next_task = None
-    extras: dict[str, float] = {}
-    if dropout is not None:
-        task, next_task = dropout.apply(batch["task"], batch["next_task"])  # [B, T, N] each
-        extras["task_dropout"] = dropout.p
+    task, next_task = task_inputs(batch, dropout)  # [B, T, N] each, or None
+    extras: dict[str, float] = {} if dropout is None else {"task_dropout": dropout.p}
     obs = torch.cat([batch["obs"][:, :1], batch["next_obs"]], dim=1)  # [B, T+1, N, obs_dim]
     tasks = None if task is None or next_task is None else torch.cat([task[:, :1], next_task], dim=1)  # [B, T+1, N]
     q_all = online(obs, tasks)  # [B, T+1, N, A]
@@ -198,7 +193,4 @@ def train_iql_cql(
     return fit_iql_cql(data, info, Path(out_dir), config, progress)[0]
 
 
-@register(ALGO)
-def load_iql_cql(config: dict[str, Any], tensors: dict[str, Any], device: str) -> DecentralisedPolicy:
-    """Rebuild an ``iql-cql`` policy (greedy over the shared Q-network) from a run directory."""
-    return GreedyPolicy(ALGO, load_agent_net(config, tensors, device), device)
+register(ALGO)(greedy_loader(ALGO))

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .policy import DecentralisedPolicy, Loader
+
 ILLEGAL = -1e9
 """Value given to illegal actions before an argmax / softmax (finite, so 0 * ILLEGAL stays 0)."""
 
@@ -183,6 +185,15 @@ class TaskDropout:
         return task.masked_fill(drop, -1), next_task.masked_fill(drop, -1)
 
 
+def task_inputs(
+    batch: dict[str, torch.Tensor], dropout: TaskDropout | None
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """``batch``'s ``task``/``next_task`` after ``dropout`` (each [B, ..., N]); (None, None) without a task input."""
+    if dropout is None:
+        return None, None
+    return dropout.apply(batch["task"], batch["next_task"])
+
+
 NET_PREFIX = "agent_net."
 """Safetensors names of the shared network: ``agent_net.<state_dict key>``."""
 
@@ -201,3 +212,13 @@ def load_agent_net(config: dict[str, Any], tensors: dict[str, Any], device: str)
     state = {k.removeprefix(NET_PREFIX): v for k, v in tensors.items() if k.startswith(NET_PREFIX)}
     net.load_state_dict(state, strict=True)
     return net.to(device)
+
+
+def greedy_loader(algo: str) -> Loader:
+    """The ``load_policy`` loader of ``algo`` runs whose policy is greedy over the shared ``AgentNet``
+    (``bc``, the Q-learners, ``ddqn-online``; QMIX's mixer is not needed to act)."""
+
+    def load(config: dict[str, Any], tensors: dict[str, Any], device: str) -> DecentralisedPolicy:
+        return GreedyPolicy(algo, load_agent_net(config, tensors, device), device)
+
+    return load

@@ -28,8 +28,16 @@ from llmca_data.reference import REFERENCE_RETURNS, normalized_score
 from llmca_data.rollout import Episode, eval_seed, run_episode
 
 from .iql_cql import td_targets
-from .networks import AgentNet, GreedyPolicy, TaskDropout, load_agent_net, masked_argmax, net_tensors, soft_update
-from .policy import DecentralisedPolicy, register
+from .networks import (
+    AgentNet,
+    TaskDropout,
+    greedy_loader,
+    masked_argmax,
+    net_tensors,
+    soft_update,
+    task_inputs,
+)
+from .policy import register
 from .replay_buffer import ReplayBuffer
 from .training import PERIODIC_EVAL_OFFSET
 
@@ -85,9 +93,7 @@ class DoubleDQN:
         return None if self.dropout is None else self.dropout.p
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        task = next_task = None
-        if self.dropout is not None:
-            task, next_task = self.dropout.apply(batch["task"], batch["next_task"])  # [B, N] each
+        task, next_task = task_inputs(batch, self.dropout)  # [B, N] each, or None
         q = self.online(batch["obs"], task)  # [B, N, A]
         q_data = q.gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)  # [B, N]
         # --- per-agent credit enters here: batch["reward"][:, i] is agent i's own credit (or the team reward)
@@ -213,7 +219,4 @@ def _n_tasks(env: MultiAgentEnv) -> int:
     return int(n_task_targets(env.describe()))
 
 
-@register(ALGO)
-def load_ddqn_online(config: dict[str, Any], tensors: dict[str, Any], device: str) -> DecentralisedPolicy:
-    """Rebuild a ``ddqn-online`` policy (greedy over the shared Q-network, no task input)."""
-    return GreedyPolicy(ALGO, load_agent_net(config, tensors, device), device)
+register(ALGO)(greedy_loader(ALGO))

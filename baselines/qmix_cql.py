@@ -29,8 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import AgentNet, GreedyPolicy, cql_penalty, double_q_next, load_agent_net, net_tensors, soft_update
-from .policy import DecentralisedPolicy, register, save_run
+from .networks import (
+    AgentNet,
+    GreedyPolicy,
+    cql_penalty,
+    double_q_next,
+    greedy_loader,
+    net_tensors,
+    soft_update,
+)
+from .policy import register, save_run
 from .training import Progress, TrainConfig, load_data, online_evaluator, resolve_device, run_config, train_loop
 
 ALGO = "qmix-cql"
@@ -158,7 +166,4 @@ def train_qmix_cql(
     return fit_qmix_cql(data, info, Path(out_dir), config, progress)[0]
 
 
-@register(ALGO)
-def load_qmix_cql(config: dict[str, Any], tensors: dict[str, Any], device: str) -> DecentralisedPolicy:
-    """Rebuild a ``qmix-cql`` policy (each agent greedy on its own Q_i; the mixer is not needed) from a run."""
-    return GreedyPolicy(ALGO, load_agent_net(config, tensors, device), device)
+register(ALGO)(greedy_loader(ALGO))

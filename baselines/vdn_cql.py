@@ -24,8 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .networks import AgentNet, GreedyPolicy, cql_penalty, double_q_next, load_agent_net
-from .policy import DecentralisedPolicy, register
+from .networks import AgentNet, GreedyPolicy, cql_penalty, double_q_next, greedy_loader
+from .policy import register
 from .training import Progress, TrainConfig, fit_q_learner, load_data, resolve_device
 
 ALGO = "vdn-cql"
@@ -88,7 +88,4 @@ def train_vdn_cql(
     return fit_vdn_cql(data, info, Path(out_dir), config, progress)[0]
 
 
-@register(ALGO)
-def load_vdn_cql(config: dict[str, Any], tensors: dict[str, Any], device: str) -> DecentralisedPolicy:
-    """Rebuild a ``vdn-cql`` policy (each agent greedy on its own Q_i) from a run directory."""
-    return GreedyPolicy(ALGO, load_agent_net(config, tensors, device), device)
+register(ALGO)(greedy_loader(ALGO))

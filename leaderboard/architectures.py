@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from llmca_data.baselines.networks import NET_PREFIX, AgentNet, GreedyPolicy, load_agent_net
+from llmca_data.baselines.networks import NET_PREFIX, AgentNet, greedy_loader
 from llmca_data.baselines.policy import DecentralisedPolicy
 
 MAX_WIDTH = 4096
@@ -197,4 +197,4 @@ def build_policy(
     """
     if arch_id not in ARCHITECTURES:
         raise KeyError(arch_id)
-    return GreedyPolicy(name, load_agent_net(spec.to_dict(), tensors, device), device)
+    return greedy_loader(name)(spec.to_dict(), tensors, device)
