@@ -83,7 +83,7 @@ def run_grid(
             run_dir = out_dir / arm.name / f"seed-{seed}"
             if progress is not None:
                 progress(len(rows), total, f"{arm.name} seed {seed}")
-            result = _reuse(run_dir, config, seed) or _train_and_evaluate(
+            result = _reuse(run_dir, env_id, arm, config, seed) or _train_and_evaluate(
                 dataset, env_id, tiers, run_dir, arm, seed, config
             )
             rows.append(_row(env_id, arm, seed, run_dir, result))
@@ -106,14 +106,19 @@ def _train_and_evaluate(
     return evaluate_run(run_dir, EvalConfig(episodes=config.eval_episodes))
 
 
-def _reuse(run_dir: Path, config: GridConfig, seed: int) -> dict[str, Any] | None:
-    """The finished result of ``run_dir`` when it ran with these settings, else None."""
+def _reuse(run_dir: Path, env_id: str, arm: Arm, config: GridConfig, seed: int) -> dict[str, Any] | None:
+    """The finished result of ``run_dir`` when it ran with these settings, else None (train again)."""
     try:
         body = json.loads((run_dir / RUN_CONFIG).read_text())
         result: dict[str, Any] = json.loads((run_dir / RUN_EVAL).read_text())
     except (OSError, ValueError):
         return None
-    same = body.get("steps") == config.steps and body.get("seed") == seed
+    wanted = {"env_id": env_id, "algo": arm.algo, "reward": arm.reward, "task_input": arm.task_input,
+              "steps": config.steps, "seed": seed, **dict(config.overrides)}  # fmt: skip
+    wanted = json.loads(json.dumps(wanted))  # tuples → lists, as config.json holds them
+    if body.get("reward", "") is None:  # an algorithm that ignores rewards (bc) stores none
+        del wanted["reward"]
+    same = all(body.get(key) == value for key, value in wanted.items())
     return result if same and result.get("episodes") == config.eval_episodes else None
 
 

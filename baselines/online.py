@@ -98,6 +98,9 @@ class OnlineConfig(JsonConfig):
     """Fraction of the episodes over which ε decays linearly from ``eps_start`` to ``eps_end``."""
     task_dropout_end: float = 0.8
     """LLM-TACA: fraction of the episodes at which the task input's dropout probability reaches 1."""
+    normalize_credits: bool = False
+    """Rescale each step's credits to sum to the team reward (the offline loaders' ``normalize``).
+    Off, an LLM's credits enter on the model's own scale, which may dwarf the env reward."""
     horizon: int = 1
     """``counterfactual``: steps compared after the replaced action (``counterfactual-h<H>`` when > 1)."""
     shapley_samples: int = 256
@@ -249,7 +252,7 @@ class _Loop:
                 self.pending += block
             with self._timer("learner"):
                 for episode, output in block:
-                    reward, task, fell_back = rewards_from(episode, output)
+                    reward, task, fell_back = rewards_from(episode, output, self.config.normalize_credits)
                     self.learner.buffer.add_episode(episode, reward, task)
                     self.counters["fallback_episodes"] += int(fell_back)
                 steps = sum(e.length for e, _ in block)
@@ -355,7 +358,8 @@ def _check_resume(run_dir: Path, config: OnlineConfig) -> None:
     old = load_config(run_dir)
     if old.get("algo") != ALGO:
         raise ValueError(f"{run_dir} holds a {old.get('algo')!r} run, not {ALGO}; choose another --out")
-    new = config.to_dict()
+    new, defaults = config.to_dict(), OnlineConfig(config.env_id).to_dict()
+    old = {**defaults, **old}  # a field added since the run was written has its default there
     changed = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
     if changed:
         diff = ", ".join(f"{k}: {old.get(k)!r} → {new[k]!r}" for k in changed)

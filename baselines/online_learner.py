@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from llmca_data.annotation.critic import CriticOutput
 from llmca_data.envs.base import BoolArray, FloatArray, IntArray, MultiAgentEnv, Step
+from llmca_data.loaders.offline import normalize_credits
 from llmca_data.policies.base import random_legal_actions
 from llmca_data.reference import REFERENCE_RETURNS, normalized_score
 from llmca_data.rollout import Episode, eval_seed, run_episode
@@ -119,18 +120,22 @@ class DoubleDQN:
         return float(total) / n
 
 
-def rewards_from(episode: Episode, output: CriticOutput | None) -> tuple[np.ndarray, np.ndarray | None, bool]:
+def rewards_from(
+    episode: Episode, output: CriticOutput | None, normalize: bool = False
+) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """Per-agent rewards ``[T, N]``, tasks ``[T, N]`` (or None) and whether the team reward was a fallback.
 
     No critic (``team``): every agent gets ``reward_team``. A failed annotation (any NaN) falls
-    back to the same.
+    back to the same. ``normalize`` rescales a critic's credits so that each step sums to
+    ``reward_team`` (``normalize_credits``, as the offline loaders do).
     """
     team = np.repeat(episode.reward_team[:, None], episode.reward_env.shape[1], axis=1)  # [T, N]
     if output is None:
         return team, None, False
     if output.status == "failed" or not np.isfinite(output.credits).all():
         return team, None, True
-    return output.credits.astype(np.float32), output.tasks, False
+    credits = output.credits.astype(np.float32)  # [T, N]
+    return (normalize_credits(credits, episode.reward_team) if normalize else credits), output.tasks, False
 
 
 class _ObservedEnv:

@@ -11,8 +11,10 @@ runs and resumes killed ones), then prints one row per (env, critic):
 - s / 1k episodes: wall seconds per 1000 episodes, and its critic part.
 
 The LLM critics run on a reduced budget (``--llm-episodes``) with the embedded local model
-unless ``--base-url``/``--model`` point elsewhere. Curves go to ``OUT/curves.png`` (IQM and
-95% bootstrap bands, rliable) and every number to ``OUT/results.json``.
+unless ``--base-url``/``--model`` point elsewhere. An arm ``CRITIC+norm`` (e.g. ``llm-mca+norm``)
+rescales each step's credits to sum to the team reward (``normalize_credits``); with the same
+seeds it plays the same episodes, so its LLM requests come from the reply cache. Curves go to
+``OUT/curves.png`` (IQM and 95% bootstrap bands, rliable) and every number to ``OUT/results.json``.
 
 Usage::
 
@@ -25,32 +27,41 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import numpy as np
+
 from llmca_data.baselines.online import CURVE, OnlineConfig, train_online
+from llmca_data.baselines.online_io import RUN_DATASET
 from llmca_data.leaderboard.curves import aggregate, plot_curves
 
 ENVS = ("lbf-8x8-2p-2f-coop", "lbf-10x10-3p-3f", "spaceworld-10x10-3a")
 CRITICS = ("team", "uniform", "counterfactual", "shapley", "llm-mca")
 
 
-def run_one(args: argparse.Namespace, env_id: str, critic: str, seed: int) -> Path:
+def run_one(args: argparse.Namespace, env_id: str, arm: str, seed: int) -> Path:
+    critic, _, option = arm.partition("+")  # "llm-mca+norm": credits rescaled to the team reward
+    if option not in ("", "norm"):
+        raise SystemExit(f"unknown arm option {option!r} in {arm!r}; the only one is +norm")
     episodes = args.llm_episodes if critic.startswith("llm-") else args.episodes
     eval_every = min(args.eval_every, episodes)  # a short LLM run still gets curve points
     config = OnlineConfig(
-        env_id, critic=critic, seed=seed, episodes=episodes, critic_every=args.critic_every, eval_every=eval_every,
+        env_id, critic=critic, seed=seed, normalize_credits=option == "norm", episodes=episodes,
+        critic_every=args.critic_every, eval_every=eval_every,
         eval_episodes=args.eval_episodes, checkpoint_every=eval_every * 4, device=args.device,
         base_url=args.base_url, model=args.model, episodes_per_prompt=args.episodes_per_prompt,
     )  # fmt: skip
-    run = args.out / env_id / critic / f"seed{seed}"
+    run = args.out / env_id / arm / f"seed{seed}"
     started = time.perf_counter()
     train_online(config, run)
-    print(f"  {env_id} {critic} seed {seed}: {time.perf_counter() - started:.1f} s → {run}", flush=True)
+    print(f"  {env_id} {arm} seed {seed}: {time.perf_counter() - started:.1f} s → {run}", flush=True)
     return run
 
 
@@ -79,6 +90,43 @@ def summarise(runs: list[Path]) -> dict[str, Any]:
     }
 
 
+def agreement(runs: list[Path], critic: str, references: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """How ``critic``'s credits in the runs' datasets agree with reference critics' on the same episodes.
+
+    Each run's dataset is copied, annotated by the references (and ``uniform``, the floor), and all
+    runs' steps are pooled before scoring (``score_credits``), so rare rewarded steps add up.
+    """
+    import pyarrow as pa
+
+    from llmca_data.annotation.annotate import annotate
+    from llmca_data.annotation.critic import make_critic
+    from llmca_data.annotation.metrics import score_credits
+    from llmca_data.schema import credit_column, from_fsl
+    from llmca_data.shards import Manifest, read_shard
+
+    candidates = (critic, "uniform", *references)
+    pooled: dict[str, list[np.ndarray]] = {c: [] for c in (*candidates, "reward_team", "episode")}
+    with tempfile.TemporaryDirectory() as scratch:
+        for k, run in enumerate(runs):
+            root = Path(scratch) / f"run{k}"
+            shutil.copytree(run / RUN_DATASET, root)
+            for other in ("uniform", *references):
+                annotate(root, make_critic(other))
+            steps = pa.concat_tables([read_shard(root / str(n)) for n in Manifest.load(root).shards(kind="steps")])
+            n = len(steps.column(credit_column("uniform"))[0])
+            for c in candidates:
+                pooled[c].append(from_fsl(steps.column(credit_column(c)), (n,)))  # [M, N]
+            pooled["reward_team"].append(steps.column("reward_team").to_numpy())  # [M]
+            pooled["episode"].append(steps.column("episode_id").to_numpy() + 1_000_000 * k)  # [M], unique per run
+    rew, ep = np.concatenate(pooled["reward_team"]), np.concatenate(pooled["episode"])
+    return {
+        f"{c} vs {ref}": score_credits(np.concatenate(pooled[c]), np.concatenate(pooled[ref]), rew, ep).to_dict()
+        for ref in references
+        for c in candidates
+        if c != ref
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--envs", nargs="+", default=list(ENVS))
@@ -94,6 +142,10 @@ def main() -> None:
     parser.add_argument("--base-url", default="")
     parser.add_argument("--model", default="")
     parser.add_argument("--out", type=Path, default=Path("benchmark-online"))
+    parser.add_argument(
+        "--agreement", nargs="*", default=None, metavar="REFERENCE",
+        help="also score the LLM arms' credits against these reference critics (default: shapley counterfactual)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.llm_episodes % args.critic_every or args.episodes % args.critic_every:
         parser.error("--episodes and --llm-episodes must be multiples of --critic-every")
@@ -116,9 +168,25 @@ def main() -> None:
         print(f"{env_id:<22} {critic:<15} {final:>14} {to90:>10} {tokens:>15} {r['cost_usd']:>7.3f} "
               f"{100 * r['critic_share']:>7.0f}% {r['s_per_1k_episodes']:>9.0f} {r['critic_s_per_1k_episodes']:>11.0f} "
               f"{r['fallback_episodes']:>9}")  # fmt: skip
+    agreements: dict[str, dict[str, Any]] = {}
+    if args.agreement is not None:
+        references = tuple(args.agreement) or ("shapley", "counterfactual")
+        print(f"\n{'env':<22} {'arm':<14} {'credits vs':<28} {'rewarded':>8} {'sign':>6} {'top':>6} "
+              f"{'spearman':>8} {'MAE':>7} {'ep. total r':>11}")  # fmt: skip
+        for env_id in args.envs:
+            for arm in (a for a in args.critics if a.startswith("llm-")):
+                runs = [args.out / env_id / arm / f"seed{seed}" for seed in range(args.seeds)]
+                for pair, sc in agreement(runs, arm.partition("+")[0], references).items():
+                    agreements[f"{env_id} {arm} {pair}"] = sc
+                    cells = [sc[k] for k in ("sign_agreement", "top_agent_accuracy", "spearman", "mae_scaled",
+                                             "episode_total_pearson")]  # fmt: skip
+                    shown = ["—" if v is None else f"{v:.3f}" for v in cells]
+                    print(f"{env_id:<22} {arm:<14} {pair:<28} {sc['rewarded_steps']:>8} {shown[0]:>6} {shown[1]:>6} "
+                          f"{shown[2]:>8} {shown[3]:>7} {shown[4]:>11}")  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                       "results": results}, indent=2))  # fmt: skip
+    settings = {k: str(v) for k, v in vars(args).items()}
+    body = {"args": settings, "results": results, "agreement": agreements}
+    (args.out / "results.json").write_text(json.dumps(body, indent=2))
     plot = plot_curves(aggregate(all_runs, "eval_score", reps=2000), args.out / "curves.png")
     print(f"\ncurves → {plot}; numbers → {args.out / 'results.json'}")
 

@@ -37,6 +37,8 @@ class CurveGroup:
 def read_curve(run_dir: Path, metric: str = "eval_score") -> tuple[str, str, dict[int, float]]:
     """``(env_id, critic, {episodes: value})`` of one run; ``metric`` is a ``curve.jsonl`` field.
 
+    The critic label gets ``+norm`` when the run rescaled credits to the team reward.
+
     Raises:
         FileNotFoundError: ``run_dir`` lacks ``config.json`` or ``curve.jsonl``.
         ValueError: the metric is missing (e.g. ``eval_score`` of an env without reference returns).
@@ -55,7 +57,8 @@ def read_curve(run_dir: Path, metric: str = "eval_score") -> tuple[str, str, dic
                     f"{curve_path}: no {metric!r} at {row.get('episodes')} episodes; try --metric eval_return"
                 )
             points[int(row["episodes"])] = float(row[metric])
-    return str(config["env_id"]), str(config["critic"]), points
+    label = str(config["critic"]) + ("+norm" if config.get("normalize_credits") else "")
+    return str(config["env_id"]), label, points
 
 
 def aggregate(run_dirs: list[Path], metric: str = "eval_score", reps: int = 2000) -> list[CurveGroup]:

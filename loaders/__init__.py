@@ -4,6 +4,6 @@
 directory or Hub repo. Output: frames and tensors. Imports the core and ``annotation``.
 """
 
-from llmca_data.loaders.offline import OfflineDataset, sample_batch
+from llmca_data.loaders.offline import OfflineDataset, normalize_credits, sample_batch
 
-__all__ = ["OfflineDataset", "sample_batch"]
+__all__ = ["OfflineDataset", "normalize_credits", "sample_batch"]

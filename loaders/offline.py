@@ -385,12 +385,7 @@ class OfflineDataset:
                 )
         team = cols.pop("reward_team")  # [M]
         rew = np.repeat(team[:, None], n, axis=1) if column == "reward_team" else cols.pop(column)  # [M, N]
-        if normalize:
-            total = rew.sum(axis=1)  # [M]
-            ok = np.abs(total) > _NORMALIZE_EPS
-            scale = np.divide(team, total, out=np.zeros_like(team), where=ok)
-            rew = np.where(ok[:, None], rew * scale[:, None], (team / n)[:, None]).astype(np.float32)
-        cols["reward"] = rew
+        cols["reward"] = normalize_credits(rew, team) if normalize else rew
         if task_column is not None:
             cols["task"] = task = cols.pop(task_column)  # [M, N]
             cols["next_task"] = np.concatenate([task[1:], task[-1:]])  # an episode's last step keeps its task
@@ -417,6 +412,20 @@ class OfflineDataset:
         if ids.size and (order.size == 0 or not np.array_equal(table["episode_id"][at], ids)):
             raise ShardError(f"{self.root}: steps of {self.env_id} episodes missing from the episodes table")
         return {k.removeprefix("final_"): table[k][at] for k in ("final_obs", "final_state", "final_action_mask")}
+
+
+def normalize_credits(credits: np.ndarray, team: np.ndarray) -> np.ndarray:
+    """Rescale each step's per-agent rewards ``[M, N]`` so that they sum to ``team`` ``[M]``.
+
+    A step whose rewards sum to ~0 (below 1e-6 in magnitude) gets ``team / N`` for every agent,
+    since its shares are undefined. Signs follow the scale: credits summing to −2 on a step with
+    team reward +1 are flipped, so relative shares, not the critic's sign, carry over.
+    """
+    n = credits.shape[1]
+    total = credits.sum(axis=1)  # [M]
+    ok = np.abs(total) > _NORMALIZE_EPS
+    scale = np.divide(team, total, out=np.zeros_like(team, dtype=np.float64), where=ok)  # [M]
+    return np.where(ok[:, None], credits * scale[:, None], (team / n)[:, None]).astype(np.float32)
 
 
 def _read(shards: list[_Shard], layout: dict[str, tuple[tuple[int, ...], type]]) -> dict[str, np.ndarray]:

@@ -5,8 +5,10 @@ wheel) and server settings. Output: a running OpenAI-compatible server (``base_u
 ``model``) for the duration of a ``with`` block, and its provenance (GGUF sha256,
 llama-cpp-python version, context size) for the dataset metadata.
 
-The server is ``python -m llama_cpp.server`` in a child process on a free port; start-up
-waits for ``GET /v1/models`` with a deadline and fails with the server's log tail. The
+The server is ``llama_cpp.server`` in a child process on a free port; start-up waits for
+``GET /v1/models`` with a deadline and fails with the server's log tail. The child watches
+its parent and exits when the parent is gone, so a killed job (SIGKILL, OOM, a closed
+terminal) leaves no llama.cpp server running behind it. The
 model is weak (135 M parameters): it proves the path. Point ``--base-url`` at vLLM, OpenAI
 or any OpenAI-compatible server for quality.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -75,6 +78,20 @@ def file_sha256(path: Path) -> str:
     return sha256_file(path)
 
 
+# The child's entry point: a daemon thread exits the process as soon as its parent process is
+# gone (re-parented), then llama_cpp.server runs as ``python -m llama_cpp.server`` would.
+_CHILD = """\
+import os, runpy, sys, threading, time
+parent = int(sys.argv.pop(1))
+def watch():
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
+runpy.run_module("llama_cpp.server", run_name="__main__", alter_sys=True)
+"""
+
+
 def _free_port(host: str) -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -109,7 +126,7 @@ class LocalLLMServer:
     def command(self) -> list[str]:
         c = self.config
         return [
-            sys.executable, "-m", "llama_cpp.server", "--model", str(self.model_path), "--model_alias", c.alias,
+            sys.executable, "-c", _CHILD, str(os.getpid()), "--model", str(self.model_path), "--model_alias", c.alias,
             "--host", c.host, "--port", str(self.port), "--n_ctx", str(c.n_ctx), "--n_threads", str(c.n_threads),
         ]  # fmt: skip
 
@@ -123,7 +140,7 @@ class LocalLLMServer:
         self.stop()
 
     def start(self) -> None:
-        log.info("starting %s", " ".join(self.command()))
+        log.info("starting llama_cpp.server %s", " ".join(self.command()[4:]))
         with self._log.open("wb") as out:
             self._proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.config.startup_timeout_s
@@ -156,6 +173,7 @@ class LocalLLMServer:
                 self._proc.kill()
                 self._proc.wait(10)
         self._proc = None
+        self._log.unlink(missing_ok=True)  # kept only when start-up failed, for its tail
 
     def _tail(self, lines: int = 20) -> str:
         try:

@@ -40,6 +40,9 @@ def train_online_cmd(
     ),
     episodes_per_prompt: int = typer.Option(1, "--episodes-per-prompt", min=1, help="LLM critics: batch mode."),
     max_window: int = typer.Option(30, "--max-window", min=1, help="LLM critics: most steps per request."),
+    normalize_credits: bool = typer.Option(
+        False, "--normalize-credits", help="Rescale each step's credits to sum to the team reward."
+    ),
     config: Path = typer.Option(None, "--config", help="JSON file of OnlineConfig fields to override (e.g. lr)."),
 ) -> None:
     """Online independent Double DQN where each agent learns from its own critic credit.
@@ -61,7 +64,8 @@ def train_online_cmd(
         "env_id": env_id, "critic": critic, "episodes": episodes, "seed": seed, "critic_every": critic_every,
         "eval_every": eval_every, "eval_episodes": eval_episodes, "checkpoint_every": checkpoint_every,
         "device": device, "base_url": base_url, "model": model, "response_format": response_format,
-        "episodes_per_prompt": episodes_per_prompt, "max_window": max_window, **overrides,
+        "episodes_per_prompt": episodes_per_prompt, "max_window": max_window,
+        "normalize_credits": normalize_credits, **overrides,
     })  # fmt: skip
     with progress_bar(f"train-online {critic}", "episodes") as update:
         result = train_online(cfg, out, progress=update)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -51,3 +55,40 @@ def test_embedded_model_annotates_one_short_episode(tmp_path: Path) -> None:
     again = LLMCritic(LLMConfig(critic="llm-taca"), cache=cache)
     rerun = annotate(root, again, limit=1, force=True)
     assert rerun.episodes == 1 and again.requests_sent == 0 and again._server is None
+
+
+_PARENT = """\
+import sys
+from llmca_data.annotation.llm.server import LocalLLMServer
+server = LocalLLMServer()
+server.start()
+print(server._proc.pid, server.port, flush=True)
+sys.stdin.read()  # holds the server until the test kills this process
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state == "Z"  # exited, waiting to be reaped by whoever adopted it
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads process states from /proc")
+def test_server_exits_when_its_parent_is_killed() -> None:
+    parent = subprocess.Popen([sys.executable, "-c", _PARENT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pid, port = map(int, parent.stdout.readline().split())
+        assert not _gone(pid)
+        parent.kill()  # SIGKILL: no __exit__, no atexit, nothing in the parent gets to clean up
+        parent.wait(10)
+        deadline = time.monotonic() + 30
+        while not _gone(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)  # polling the orphan's state, bounded by the deadline
+        assert _gone(pid), "the llama.cpp server outlived its killed parent"
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+    finally:
+        parent.kill()

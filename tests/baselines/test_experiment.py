@@ -37,7 +37,13 @@ def test_grid_trains_every_arm_and_seed_then_resumes(lbf_dataset: Path, tmp_path
     assert [(Path(r["run_dir"]) / "model.safetensors").stat().st_mtime_ns for r in again] == weights
 
     longer = run_grid(lbf_dataset, ENV, None, tmp_path, grid(steps=25))  # other settings: retrained
-    assert [(Path(r["run_dir"]) / "model.safetensors").stat().st_mtime_ns for r in longer] != weights
+    weights_25 = [(Path(r["run_dir"]) / "model.safetensors").stat().st_mtime_ns for r in longer]
+    assert all(a != b for a, b in zip(weights_25, weights, strict=True))
+
+    wider = GridConfig(**{**grid(steps=25).__dict__, "overrides": (*OVERRIDES[:2], ("hidden", (48,)))})
+    retrained = run_grid(lbf_dataset, ENV, None, tmp_path, wider)  # another override: retrained too
+    mtimes = [(Path(r["run_dir"]) / "model.safetensors").stat().st_mtime_ns for r in retrained]
+    assert all(a != b for a, b in zip(mtimes, weights_25, strict=True))
 
 
 def test_summarize_gives_mean_and_std_over_seeds() -> None:

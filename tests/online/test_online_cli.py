@@ -32,23 +32,32 @@ def test_train_online_command_writes_an_evaluable_run(tmp_path: Path) -> None:
     assert json.loads((run / "config.json").read_text())["hidden"] == [16]
     assert evaluate_run(run)["algo"] == "ddqn-online"
     help_text = CliRunner().invoke(app, ["train-online", "--help"]).output
-    assert "--critic-every" in help_text and "llm-taca" in help_text
+    assert "--critic-every" in help_text and "llm-taca" in help_text and "--normalize-credits" in help_text
+
+    changed = CliRunner().invoke(app, [*args, "--normalize-credits"])  # another reward: refused, run kept
+    assert changed.exit_code != 0 and "normalize_credits: False → True" in str(changed.exception)
+    config = json.loads((run / "config.json").read_text())
+    del config["normalize_credits"]  # a run written before the field existed: read with its default
+    (run / "config.json").write_text(json.dumps(config))
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
 
 
 def test_plot_two_critics_two_seeds(tmp_path: Path) -> None:
     runs = []
-    for critic in ("team", "uniform"):
+    for critic, normalize in (("team", False), ("uniform", False), ("uniform", True)):
         for seed in (0, 1):
-            run = tmp_path / f"{critic}-{seed}"
+            run = tmp_path / f"{critic}-{normalize}-{seed}"
             config = OnlineConfig("match-2a", critic=critic, seed=seed, episodes=8, critic_every=2, eval_every=2,
                                   checkpoint_every=8, eval_episodes=2, device="cpu", hidden=(16,), learning_starts=8,
-                                  updates_per_step=0.5)  # fmt: skip
+                                  updates_per_step=0.5, normalize_credits=normalize)  # fmt: skip
             train_online(config, run, env_factory=MatchEnv)
             runs.append(str(run))
     groups = aggregate([Path(r) for r in runs], "eval_return", reps=200)
     assert [(g.critic, g.seeds, g.episodes.tolist()) for g in groups] == [
         ("team", 2, [2, 4, 6, 8]),
         ("uniform", 2, [2, 4, 6, 8]),
+        ("uniform+norm", 2, [2, 4, 6, 8]),
     ]
     assert all((g.low <= g.iqm + 1e-9).all() and (g.iqm <= g.high + 1e-9).all() for g in groups)
     out = tmp_path / "plots" / "curves.png"

@@ -116,6 +116,37 @@ def test_dataset_validates_and_loads_with_credits(tmp_path: Path) -> None:
     assert result["episodes"] == 20
 
 
+class ScaledUniformCritic(CountingCritic):
+    """The uniform critic with every credit multiplied by 37: right shares, wrong scale (as an LLM's may be)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = make_critic("uniform")
+        self.critic_id = self.inner.critic_id
+
+    def annotate_batch(self, episodes: list[Episode], env: MultiAgentEnv | None) -> list[CriticOutput]:
+        return [replace(out, credits=out.credits * 37.0) for out in super().annotate_batch(episodes, env)]
+
+
+def test_normalize_credits_rescales_each_step_to_the_team_reward(tmp_path: Path) -> None:
+    settings = {"episodes": 12, "critic_every": 3, "eval_every": 3, "checkpoint_every": 12, **SMALL,
+                "learning_starts": 20, "updates_per_step": 0.5}  # fmt: skip
+    uniform = OnlineConfig("match-2a", critic="uniform", **settings)
+    train_online(uniform, tmp_path / "uniform", env_factory=MatchEnv)
+    scaled = replace(uniform, normalize_credits=True)
+    train_online(scaled, tmp_path / "normalized", critic=ScaledUniformCritic(), env_factory=MatchEnv)
+    train_online(uniform, tmp_path / "raw", critic=ScaledUniformCritic(), env_factory=MatchEnv)
+    losses = {name: [r["loss"] for r in curve(tmp_path / name) if r["loss"] is not None]
+              for name in ("uniform", "normalized", "raw")}  # fmt: skip
+    assert len(losses["uniform"]) >= 2 and losses["uniform"][-1] > 0
+    assert losses["normalized"] == pytest.approx(losses["uniform"], rel=1e-4), "37× credits, rescaled, are uniform"
+    assert losses["raw"][-1] > 10 * losses["uniform"][-1], "unscaled, the 37× credits reach the TD targets"
+    stored_credits = from_fsl(stored(tmp_path / "normalized", "steps", "match-2a").column("credit_uniform"), (2,))
+    team = stored(tmp_path / "normalized", "steps", "match-2a").column("reward_team").to_numpy()
+    np.testing.assert_allclose(stored_credits.sum(1), 37.0 * team, rtol=1e-5)  # the dataset keeps raw credits
+    assert load_config(tmp_path / "normalized")["normalize_credits"] is True
+
+
 def llm_config(fake: FakeOpenAI, critic: str, **overrides: Any) -> OnlineConfig:
     settings: dict[str, Any] = {
         "critic": critic, "episodes": 4, "critic_every": 2, "eval_every": 2, "checkpoint_every": 2,
