@@ -174,7 +174,7 @@ def main() -> None:
         print(f"\n{'env':<22} {'arm':<14} {'credits vs':<28} {'rewarded':>8} {'sign':>6} {'top':>6} "
               f"{'spearman':>8} {'MAE':>7} {'ep. total r':>11}")  # fmt: skip
         for env_id in args.envs:
-            for arm in (a for a in args.critics if a.startswith("llm-")):
+            for arm in (a for a in args.critics if a.startswith("llm-") and "+" not in a):  # +norm: same credits
                 runs = [args.out / env_id / arm / f"seed{seed}" for seed in range(args.seeds)]
                 for pair, sc in agreement(runs, arm.partition("+")[0], references).items():
                     agreements[f"{env_id} {arm} {pair}"] = sc
