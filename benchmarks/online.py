@@ -48,8 +48,6 @@ CRITICS = ("team", "uniform", "counterfactual", "shapley", "llm-mca")
 
 def run_one(args: argparse.Namespace, env_id: str, arm: str, seed: int) -> Path:
     critic, _, option = arm.partition("+")  # "llm-mca+norm": credits rescaled to the team reward
-    if option not in ("", "norm"):
-        raise SystemExit(f"unknown arm option {option!r} in {arm!r}; the only one is +norm")
     episodes = args.llm_episodes if critic.startswith("llm-") else args.episodes
     eval_every = min(args.eval_every, episodes)  # a short LLM run still gets curve points
     config = OnlineConfig(
@@ -149,6 +147,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.llm_episodes % args.critic_every or args.episodes % args.critic_every:
         parser.error("--episodes and --llm-episodes must be multiples of --critic-every")
+    for arm in args.critics:  # checked before any run starts, not hours into the grid
+        if arm.partition("+")[2] not in ("", "norm"):
+            parser.error(f"unknown arm option in {arm!r}; the only one is +norm (e.g. llm-mca+norm)")
     results: dict[str, dict[str, Any]] = {}
     all_runs: list[Path] = []
     for env_id in args.envs:
@@ -176,7 +177,7 @@ def main() -> None:
         for env_id in args.envs:
             for arm in (a for a in args.critics if a.startswith("llm-") and "+" not in a):  # +norm: same credits
                 runs = [args.out / env_id / arm / f"seed{seed}" for seed in range(args.seeds)]
-                for pair, sc in agreement(runs, arm.partition("+")[0], references).items():
+                for pair, sc in agreement(runs, arm, references).items():
                     agreements[f"{env_id} {arm} {pair}"] = sc
                     cells = [sc[k] for k in ("sign_agreement", "top_agent_accuracy", "spearman", "mae_scaled",
                                              "episode_total_pearson")]  # fmt: skip

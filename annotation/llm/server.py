@@ -123,12 +123,17 @@ class LocalLLMServer:
             "n_ctx": self.config.n_ctx,
         }
 
-    def command(self) -> list[str]:
+    def server_args(self) -> list[str]:
+        """The arguments of ``llama_cpp.server``."""
         c = self.config
         return [
-            sys.executable, "-c", _CHILD, str(os.getpid()), "--model", str(self.model_path), "--model_alias", c.alias,
-            "--host", c.host, "--port", str(self.port), "--n_ctx", str(c.n_ctx), "--n_threads", str(c.n_threads),
+            "--model", str(self.model_path), "--model_alias", c.alias, "--host", c.host, "--port", str(self.port),
+            "--n_ctx", str(c.n_ctx), "--n_threads", str(c.n_threads),
         ]  # fmt: skip
+
+    def command(self) -> list[str]:
+        """The child process: ``_CHILD`` (watching this process) running ``llama_cpp.server``."""
+        return [sys.executable, "-c", _CHILD, str(os.getpid()), *self.server_args()]
 
     def __enter__(self) -> LocalLLMServer:
         self.start()
@@ -140,7 +145,7 @@ class LocalLLMServer:
         self.stop()
 
     def start(self) -> None:
-        log.info("starting llama_cpp.server %s", " ".join(self.command()[4:]))
+        log.info("starting llama_cpp.server %s", " ".join(self.server_args()))
         with self._log.open("wb") as out:
             self._proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.config.startup_timeout_s

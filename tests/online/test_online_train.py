@@ -43,10 +43,10 @@ def stored(run: Path, kind: str, env_id: str = LBF) -> Any:
 
 
 class CountingCritic:
-    """A real ``Critic``: the counterfactual critic, counting its calls and the episodes it sees."""
+    """A real ``Critic`` (counterfactual by default), counting its calls and the episodes it sees."""
 
-    def __init__(self) -> None:
-        self.inner = make_critic("counterfactual")
+    def __init__(self, critic_id: str = "counterfactual") -> None:
+        self.inner = make_critic(critic_id)
         self.critic_id, self.needs_env = self.inner.critic_id, True
         self.calls: list[list[int]] = []
 
@@ -120,9 +120,7 @@ class ScaledUniformCritic(CountingCritic):
     """The uniform critic with every credit multiplied by 37: right shares, wrong scale (as an LLM's may be)."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self.inner = make_critic("uniform")
-        self.critic_id = self.inner.critic_id
+        super().__init__("uniform")
 
     def annotate_batch(self, episodes: list[Episode], env: MultiAgentEnv | None) -> list[CriticOutput]:
         return [replace(out, credits=out.credits * 37.0) for out in super().annotate_batch(episodes, env)]
