@@ -52,6 +52,37 @@ def critic_eval(
 ) -> list[dict[str, Any]]:
     """Score ``critic`` against ``reference`` per (env, tier), per env and overall.
 
+    Args and Raises: as ``credit_tallies``.
+
+    Returns:
+        Rows ``{"env_id", "tier", **scores}`` as the module docstring describes.
+    """
+    tallies = credit_tallies(root, critic, reference, envs, tiers, tol)
+    if not tallies:
+        return []
+    rows: list[dict[str, Any]] = []
+    env_tallies: list[CreditTally] = []
+    for env_id in dict.fromkeys(env for env, _ in tallies):
+        tier_tallies = {tier: tally for (env, tier), tally in tallies.items() if env == env_id}
+        rows.extend(_row(env_id, tier, tally) for tier, tally in tier_tallies.items())
+        env_tallies.append(combine_tallies(list(tier_tallies.values())))
+        rows.append(_row(env_id, ALL, env_tallies[-1]))
+    rows.append(_row(ALL, ALL, combine_tallies(env_tallies)))
+    return rows
+
+
+def credit_tallies(
+    root: Path,
+    critic: str,
+    reference: str,
+    envs: list[str] | None = None,
+    tiers: list[str] | None = None,
+    tol: float = DEFAULT_TOL,
+) -> dict[tuple[str, str], CreditTally]:
+    """The metrics' tallies of ``critic`` against ``reference`` per (env, tier), in env then tier order.
+
+    Tallies of disjoint datasets pool with ``combine_tallies`` (e.g. several seeds' runs).
+
     Args:
         root: dataset directory.
         critic: hyphenated id of the critic under test, e.g. ``llm-mca``.
@@ -61,7 +92,7 @@ def critic_eval(
         tol: tolerance of the metrics (see ``llmca_data.annotation.metrics``).
 
     Returns:
-        Rows ``{"env_id", "tier", **scores}`` as the module docstring describes.
+        One tally per (env, tier) with steps shards; empty when no steps shard matches.
 
     Raises:
         UnknownCriticError: a credit column is in none of the selected shards; the message
@@ -83,28 +114,18 @@ def critic_eval(
         tier_spec(tier)
     selected = [n for n in all_steps if (envs is None or n.env_id in envs) and (tiers is None or n.tier in tiers)]
     if not selected:
-        return []
+        return {}
     schemas = {n: _schema(root, n) for n in selected}
     columns = (credit_column(critic), credit_column(reference))
     for critic_id, col in zip((critic, reference), columns, strict=True):
         if not any(col in s.names for s in schemas.values()):
             raise UnknownCriticError(_unknown_message(root, critic_id, col, all_steps))
-
-    rows: list[dict[str, Any]] = []
-    env_tallies: list[CreditTally] = []
-    for env_id in sorted({n.env_id for n in selected}):
-        tier_tallies: list[CreditTally] = []
-        for tier in sorted({n.tier for n in selected if n.env_id == env_id}):
-            names = [n for n in selected if n.env_id == env_id and n.tier == tier]
-            crit, ref, reward, episode = _load(root, names, schemas, columns)
-            tally = tally_credits(crit, ref, reward, episode, tol)
-            tier_tallies.append(tally)
-            rows.append(_row(env_id, tier, tally))
-        env_tally = combine_tallies(tier_tallies)
-        env_tallies.append(env_tally)
-        rows.append(_row(env_id, ALL, env_tally))
-    rows.append(_row(ALL, ALL, combine_tallies(env_tallies)))
-    return rows
+    tallies: dict[tuple[str, str], CreditTally] = {}
+    for env_id, tier in sorted({(n.env_id, n.tier) for n in selected}):
+        names = [n for n in selected if n.env_id == env_id and n.tier == tier]
+        crit, ref, reward, episode = _load(root, names, schemas, columns)
+        tallies[env_id, tier] = tally_credits(crit, ref, reward, episode, tol)
+    return tallies
 
 
 def _row(env_id: str, tier: str, tally: CreditTally) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from llmca_data.annotation.critic import CriticOutput
 from llmca_data.envs.base import BoolArray, FloatArray, IntArray, MultiAgentEnv, Step
-from llmca_data.loaders.offline import normalize_credits
+from llmca_data.loaders.arrays import normalize_credits
 from llmca_data.policies.base import random_legal_actions
 from llmca_data.reference import REFERENCE_RETURNS, normalized_score
 from llmca_data.rollout import Episode, eval_seed, run_episode

@@ -36,8 +36,6 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import numpy as np
-
 from llmca_data.baselines.online import CURVE, OnlineConfig, train_online
 from llmca_data.baselines.online_io import RUN_DATASET
 from llmca_data.leaderboard.curves import aggregate, plot_curves
@@ -92,37 +90,25 @@ def agreement(runs: list[Path], critic: str, references: tuple[str, ...]) -> dic
     """How ``critic``'s credits in the runs' datasets agree with reference critics' on the same episodes.
 
     Each run's dataset is copied, annotated by the references (and ``uniform``, the floor), and all
-    runs' steps are pooled before scoring (``score_credits``), so rare rewarded steps add up.
+    runs' tallies are pooled before scoring (``combine_tallies``), so rare rewarded steps add up.
     """
-    import pyarrow as pa
-
     from llmca_data.annotation.annotate import annotate
     from llmca_data.annotation.critic import make_critic
-    from llmca_data.annotation.metrics import score_credits
-    from llmca_data.schema import credit_column, from_fsl
-    from llmca_data.shards import Manifest, read_shard
+    from llmca_data.annotation.evaluate import credit_tallies
+    from llmca_data.annotation.metrics import CreditTally, combine_tallies
 
     candidates = (critic, "uniform", *references)
-    pooled: dict[str, list[np.ndarray]] = {c: [] for c in (*candidates, "reward_team", "episode")}
+    pairs = [(c, ref) for ref in references for c in candidates if c != ref]
+    pooled: dict[tuple[str, str], list[CreditTally]] = {pair: [] for pair in pairs}
     with tempfile.TemporaryDirectory() as scratch:
         for k, run in enumerate(runs):
             root = Path(scratch) / f"run{k}"
             shutil.copytree(run / RUN_DATASET, root)
             for other in ("uniform", *references):
                 annotate(root, make_critic(other))
-            steps = pa.concat_tables([read_shard(root / str(n)) for n in Manifest.load(root).shards(kind="steps")])
-            n = len(steps.column(credit_column("uniform"))[0])
-            for c in candidates:
-                pooled[c].append(from_fsl(steps.column(credit_column(c)), (n,)))  # [M, N]
-            pooled["reward_team"].append(steps.column("reward_team").to_numpy())  # [M]
-            pooled["episode"].append(steps.column("episode_id").to_numpy() + 1_000_000 * k)  # [M], unique per run
-    rew, ep = np.concatenate(pooled["reward_team"]), np.concatenate(pooled["episode"])
-    return {
-        f"{c} vs {ref}": score_credits(np.concatenate(pooled[c]), np.concatenate(pooled[ref]), rew, ep).to_dict()
-        for ref in references
-        for c in candidates
-        if c != ref
-    }
+            for c, ref in pairs:
+                pooled[c, ref].extend(credit_tallies(root, c, ref).values())
+    return {f"{c} vs {ref}": combine_tallies(tallies).scores().to_dict() for (c, ref), tallies in pooled.items()}
 
 
 def main() -> None:

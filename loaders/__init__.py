@@ -4,6 +4,7 @@
 directory or Hub repo. Output: frames and tensors. Imports the core and ``annotation``.
 """
 
-from llmca_data.loaders.offline import OfflineDataset, normalize_credits, sample_batch
+from llmca_data.loaders.arrays import normalize_credits, sample_batch
+from llmca_data.loaders.offline import OfflineDataset
 
 __all__ = ["OfflineDataset", "normalize_credits", "sample_batch"]

@@ -41,9 +41,8 @@ import logging
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -57,6 +56,8 @@ from llmca_data.info import load_info, spec_from_info
 from llmca_data.schema import credit_column
 from llmca_data.shards import Manifest, read_shard
 
+from .arrays import MissingExtraError, ShardRef, import_extra, normalize_credits, read_columns
+
 if TYPE_CHECKING:
     import torch
     from d3rlpy.dataset import MDPDataset
@@ -64,17 +65,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
-_NORMALIZE_EPS = 1e-6
-"""Credits summing to less than this (in absolute value) are not rescaled but replaced by r_team / N."""
 _FINALS = frozenset({"episode_id", "final_obs", "final_state", "final_action_mask"})
 
 
 class LoaderError(LlmcaError, ValueError):
     """A request the dataset cannot answer (bad path, agent index, sequence length, column)."""
-
-
-class MissingExtraError(LlmcaError, ImportError):
-    """An optional dependency is not installed; the message names the extra."""
 
 
 def resolve_root(path_or_repo_id: str | os.PathLike[str], revision: str | None = None) -> Path:
@@ -106,14 +101,6 @@ def _user_cache() -> Path:
     return Path(user_cache_dir("llmca-data"))
 
 
-@dataclass(frozen=True)
-class _Shard:
-    path: Path
-    tier: str
-    rows: int
-    columns: frozenset[str]
-
-
 class OfflineDataset:
     """One env's committed steps (some tiers) of a dataset, viewed as frames, tensors or d3rlpy data.
 
@@ -127,8 +114,8 @@ class OfflineDataset:
         root: Path,
         spec: EnvSpec,
         tiers: tuple[str, ...],
-        steps: list[_Shard],
-        episodes: list[_Shard],
+        steps: list[ShardRef],
+        episodes: list[ShardRef],
         critic_ids: dict[str, str],
     ) -> None:
         self.root = root
@@ -178,9 +165,9 @@ class OfflineDataset:
                     columns = frozenset(pq.read_schema(path).names)
                 except (OSError, pa.ArrowException) as exc:
                     raise ShardError(f"{path}: missing or unreadable ({exc}); run `llmca validate`") from exc
-                steps.append(_Shard(path, tier, manifest.files[str(name)].rows, columns))
+                steps.append(ShardRef(path, tier, manifest.files[str(name)].rows, columns))
         episodes = [
-            _Shard(root / str(n), t, manifest.files[str(n)].rows, _FINALS)
+            ShardRef(root / str(n), t, manifest.files[str(n)].rows, _FINALS)
             for t in wanted
             for n in manifest.shards(env_id, "episodes", t)
         ]
@@ -256,7 +243,7 @@ class OfflineDataset:
             ``terminated``/``truncated`` [M] bool, ``cost`` [M, N] f32, ``episode_id`` [M] i64 and
             ``t`` [M] i64. The ``next_*`` of an episode's last step are its ``final_*`` columns.
         """
-        th = _import("torch")
+        th = import_extra("torch")
         return {k: th.from_numpy(v).to(device) for k, v in self._arrays(reward, normalize, tasks).items()}
 
     def sequences(
@@ -269,7 +256,7 @@ class OfflineDataset:
         """
         if length < 1:
             raise LoaderError(f"sequence length must be >= 1, got {length}")
-        th = _import("torch")
+        th = import_extra("torch")
         tr = self.transitions(reward, device, normalize, tasks)
         ep = tr["episode_id"]  # [M]
         m = ep.shape[0]
@@ -304,7 +291,7 @@ class OfflineDataset:
         if not 0 <= agent < self.spec.n_agents:
             raise LoaderError(f"agent {agent} out of range: {self.env_id} has agents 0..{self.spec.n_agents - 1}")
         with contextlib.redirect_stderr(io.StringIO()):  # legacy gym prints a notice on import
-            d3rlpy = _import("d3rlpy")
+            d3rlpy = import_extra("d3rlpy")
         arr = self._arrays(reward, normalize)
         terminals, timeouts = arr["terminated"], arr["truncated"]
         if np.any(terminals & timeouts):
@@ -363,7 +350,7 @@ class OfflineDataset:
             layout[column] = ((n,), np.float32)
         if task_column is not None:
             layout[task_column] = ((n,), np.int64)
-        cols = _read(self._steps, layout)
+        cols = read_columns(self._steps, layout)
         ep = cols["episode_id"]  # [M]
         ends = np.ones(ep.shape[0], np.bool_)
         ends[:-1] = ep[1:] != ep[:-1]
@@ -406,78 +393,9 @@ class OfflineDataset:
             "final_state": ((s,), np.float32),
             "final_action_mask": ((n, a), np.bool_),
         }
-        table = _read(self._episodes, layout)
+        table = read_columns(self._episodes, layout)
         order = np.argsort(table["episode_id"], kind="stable")
         at = order[np.minimum(np.searchsorted(table["episode_id"], ids, sorter=order), order.size - 1)]
         if ids.size and (order.size == 0 or not np.array_equal(table["episode_id"][at], ids)):
             raise ShardError(f"{self.root}: steps of {self.env_id} episodes missing from the episodes table")
         return {k.removeprefix("final_"): table[k][at] for k in ("final_obs", "final_state", "final_action_mask")}
-
-
-def normalize_credits(credits: np.ndarray, team: np.ndarray) -> np.ndarray:
-    """Rescale each step's per-agent rewards ``[M, N]`` so that they sum to ``team`` ``[M]``.
-
-    A step whose rewards sum to ~0 (below 1e-6 in magnitude) gets ``team / N`` for every agent,
-    since its shares are undefined. Signs follow the scale: credits summing to −2 on a step with
-    team reward +1 are flipped, so relative shares, not the critic's sign, carry over.
-    """
-    n = credits.shape[1]
-    total = credits.sum(axis=1)  # [M]
-    ok = np.abs(total) > _NORMALIZE_EPS
-    scale = np.divide(team, total, out=np.zeros_like(team, dtype=np.float64), where=ok)  # [M]
-    return np.where(ok[:, None], credits * scale[:, None], (team / n)[:, None]).astype(np.float32)
-
-
-def _read(shards: list[_Shard], layout: dict[str, tuple[tuple[int, ...], type]]) -> dict[str, np.ndarray]:
-    """Decode ``layout``'s columns of ``shards`` into preallocated arrays.
-
-    A credit column a shard lacks is NaN there, a task column −1."""
-    total = sum(s.rows for s in shards)
-    out: dict[str, np.ndarray] = {k: np.empty((total, *shape), dtype) for k, (shape, dtype) in layout.items()}
-    start = 0
-    for shard in shards:
-        present = [k for k in layout if k in shard.columns]
-        table = read_shard(shard.path, present)
-        if table.num_rows != shard.rows:
-            raise ShardError(
-                f"{shard.path}: {table.num_rows} rows, the manifest says {shard.rows}; run `llmca validate`"
-            )
-        for key in layout:
-            dest = out[key][start : start + shard.rows]
-            if key not in shard.columns:
-                if not key.startswith(("credit_", "task_")):
-                    raise ShardError(f"{shard.path}: no column {key}; run `llmca validate`")
-                dest[...] = np.nan if key.startswith("credit_") else -1  # a tier this critic never annotated
-                continue
-            at = 0
-            for chunk in table.column(key).chunks:
-                flat = chunk
-                for _ in range(dest.ndim - 1):
-                    flat = flat.flatten()
-                dest[at : at + len(chunk)] = flat.to_numpy(zero_copy_only=False).reshape(len(chunk), *dest.shape[1:])
-                at += len(chunk)
-        start += shard.rows
-    return out
-
-
-def sample_batch(
-    tensors: dict[str, torch.Tensor], batch_size: int, generator: torch.Generator | None = None
-) -> dict[str, torch.Tensor]:
-    """A uniform random minibatch (with replacement) of ``transitions`` output, on the tensors' device.
-
-    Uses ``torch.index_select``, 2-4x faster on CPU than ``tensor[idx]`` (``benchmarks/loaders.py``).
-    A ``generator`` must live on the tensors' device.
-    """
-    th = _import("torch")
-    first = next(iter(tensors.values()))
-    idx = th.randint(first.shape[0], (batch_size,), device=first.device, generator=generator)  # [B]
-    return {k: th.index_select(v, 0, idx) for k, v in tensors.items()}
-
-
-def _import(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingExtraError(
-            f'{module} is not installed ({exc}); install it with: pip install "llmca-data[train]"'
-        ) from exc

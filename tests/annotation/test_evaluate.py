@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llmca_data.annotation.evaluate import critic_eval
-from llmca_data.annotation.metrics import score_credits
+from llmca_data.annotation.evaluate import credit_tallies, critic_eval
+from llmca_data.annotation.metrics import combine_tallies, score_credits
 from llmca_data.collect import CollectConfig, collect
 from llmca_data.errors import LlmcaError, UnknownCriticError, UnknownEnvError, UnknownTierError
 from llmca_data.layout import INFO_PATH
@@ -171,5 +171,18 @@ def test_unknown_critic_lists_the_present_ones(dataset: Path) -> None:
         critic_eval(dataset, "my_critic", "shapley", envs=[ENV3])
 
 
+def test_tallies_of_separate_datasets_pool_like_their_concatenated_steps(dataset: Path) -> None:
+    """How benchmarks pool seeds: one tally per run, combined, equals scoring all runs' steps at once."""
+    parts = [(ENV2, "expert"), (ENV2, "random")]  # stand-ins for two runs' datasets of one env
+    tallies = [credit_tallies(dataset, "uniform", "shapley", envs=[e], tiers=[t])[e, t] for e, t in parts]
+    cols = [arrays(dataset, env, tier, "credit_uniform", "credit_shapley") for env, tier in parts]
+    crit, ref, rew, ep = (np.concatenate(c) for c in zip(*cols, strict=True))
+    ep = ep + np.repeat([0, 1_000_000], [len(cols[0][3]), len(cols[1][3])])  # episode ids unique per run
+    pooled = combine_tallies(tallies).scores().to_dict()
+    assert pooled == pytest.approx(score_credits(crit, ref, rew, ep).to_dict(), nan_ok=True)
+    assert list(credit_tallies(dataset, "uniform", "shapley")) == [(ENV2, "expert"), (ENV2, "random"), (ENV3, "expert")]
+
+
 def test_empty_directory(tmp_path: Path) -> None:
     assert critic_eval(tmp_path, "uniform", "shapley") == []
+    assert credit_tallies(tmp_path, "uniform", "shapley") == {}
