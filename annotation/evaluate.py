@@ -40,15 +40,12 @@ from .metrics import DEFAULT_TOL, CreditTally, combine_tallies, tally_credits
 
 ALL = "all"
 """``env_id`` / ``tier`` of the pooled rows."""
+Names = list[str] | None
+"""Env ids or tiers to score; None: every one present."""
 
 
 def critic_eval(
-    root: Path,
-    critic: str,
-    reference: str,
-    envs: list[str] | None = None,
-    tiers: list[str] | None = None,
-    tol: float = DEFAULT_TOL,
+    root: Path, critic: str, reference: str, envs: Names = None, tiers: Names = None, tol: float = DEFAULT_TOL
 ) -> list[dict[str, Any]]:
     """Score ``critic`` against ``reference`` per (env, tier), per env and overall.
 
@@ -72,12 +69,7 @@ def critic_eval(
 
 
 def credit_tallies(
-    root: Path,
-    critic: str,
-    reference: str,
-    envs: list[str] | None = None,
-    tiers: list[str] | None = None,
-    tol: float = DEFAULT_TOL,
+    root: Path, critic: str, reference: str, envs: Names = None, tiers: Names = None, tol: float = DEFAULT_TOL
 ) -> dict[tuple[str, str], CreditTally]:
     """The metrics' tallies of ``critic`` against ``reference`` per (env, tier), in env then tier order.
 
