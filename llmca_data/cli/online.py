@@ -11,11 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
+from llmca_data.cli import console
 from llmca_data.cli.progress import progress_bar
-
-console = Console()
 
 
 def train_online_cmd(
