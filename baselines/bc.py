@@ -1,9 +1,14 @@
-"""Behaviour cloning (``bc``): imitate the dataset's actions with one shared, masked policy net.
+"""Behaviour cloning (``bc``) and return-filtered BC (``filtered-bc``): imitate the dataset's actions.
 
 Input: a dataset directory (or Hub repo id), one env id and some of its tiers. Output: a run
 directory (``config.json``, ``model.safetensors``, ``metrics.jsonl``) whose policy
 ``load_policy`` rebuilds. Rewards are ignored: BC learns ``pi(a_i | o_i, i)`` by masked
 cross-entropy, so it is only as good as the tiers it is given (use ``expert``).
+
+``filtered-bc`` is the strong simple reference of offline RL ("%BC"): the same loss on the top
+``top_fraction`` of episodes ranked by team return (ties broken by episode order), so on mixed
+data it imitates the best behaviour only. The episodes kept and their lowest return go into
+``config.json`` (``kept_episodes``, ``return_threshold``).
 
 Example::
 
@@ -17,6 +22,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,19 +31,30 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from llmca_data.config import bounded
+
 from .networks import AgentNet, GreedyPolicy, greedy_loader, masked_fill_illegal, net_tensors
 from .policy import register, save_run
 from .training import Progress, TrainConfig, load_data, online_evaluator, resolve_device, run_config, train_loop
 
 ALGO = "bc"
+FILTERED_ALGO = "filtered-bc"
 
 
 @dataclass(frozen=True)
 class BCConfig(TrainConfig):
     """Behaviour-cloning hyperparameters (the shared ``TrainConfig`` fields plus these)."""
 
-    weight_decay: float = 0.0
+    weight_decay: float = bounded(0.0, low=0.0)
     """L2 penalty on the network weights, added to the loss (0 disables it)."""
+
+
+@dataclass(frozen=True)
+class FilteredBCConfig(BCConfig):
+    """Return-filtered BC: ``BCConfig`` plus the fraction of best episodes to imitate."""
+
+    top_fraction: float = bounded(0.25, low=0.0, high=1.0, open_low=True)
+    """Keep the ceil(top_fraction × episodes) episodes with the highest team return."""
 
 
 def bc_loss(
@@ -57,6 +74,23 @@ def bc_loss(
     return loss, {"accuracy": accuracy}
 
 
+def top_episodes(data: dict[str, torch.Tensor], fraction: float) -> tuple[dict[str, torch.Tensor], float]:
+    """The transitions of the best ``fraction`` of episodes by team return, and the lowest return kept.
+
+    ``data`` holds transitions [M, ...] in episode order with the team reward in ``reward[:, 0]``.
+    """
+    ep = data["episode_id"]  # [M]
+    ids, index = torch.unique_consecutive(ep, return_inverse=True)  # [E], [M]
+    returns = torch.zeros(ids.numel(), dtype=torch.float64, device=ep.device)
+    returns.index_add_(0, index, data["reward"][:, 0].double())  # [E] team return per episode
+    n_keep = max(1, math.ceil(fraction * ids.numel()))
+    order = torch.sort(returns, descending=True, stable=True).indices[:n_keep]  # [K]
+    keep = torch.zeros(ids.numel(), dtype=torch.bool, device=ep.device)
+    keep[order] = True
+    rows = keep[index]  # [M]
+    return {k: v[rows] for k, v in data.items()}, float(returns[order].min())
+
+
 def fit_bc(
     data: dict[str, torch.Tensor],
     info: dict[str, Any],
@@ -64,15 +98,25 @@ def fit_bc(
     config: BCConfig,
     progress: Progress | None = None,
 ) -> tuple[Path, GreedyPolicy]:
-    """Train on resident transition tensors and write the run directory; returns it and the policy."""
+    """Train on resident transition tensors and write the run directory; returns it and the policy.
+
+    A ``FilteredBCConfig`` first keeps the best episodes (``top_episodes``), as ``filtered-bc``.
+    """
     torch.manual_seed(config.seed)
-    body = run_config(ALGO, data, config, info)
+    algo = ALGO
+    if isinstance(config, FilteredBCConfig):
+        algo = FILTERED_ALGO
+        total = int(torch.unique(data["episode_id"]).numel())
+        data, threshold = top_episodes(data, config.top_fraction)
+        info = {**info, "return_threshold": threshold, "episodes_total": total,
+                "kept_episodes": int(torch.unique(data["episode_id"]).numel())}  # fmt: skip
+    body = run_config(algo, data, config, info)
     net = AgentNet(body["obs_dim"], body["n_agents"], body["n_actions"], config.hidden).to(data["obs"].device)
-    evaluate = online_evaluator(ALGO, net, info, config)
+    evaluate = online_evaluator(algo, net, info, config)
     loss = lambda b: bc_loss(net, b, config.weight_decay)  # noqa: E731
     train_loop(loss, list(net.parameters()), data, config, out_dir, progress, evaluate=evaluate)
     save_run(out_dir, body, net_tensors(net))
-    return out_dir, GreedyPolicy(ALGO, net, str(data["obs"].device))
+    return out_dir, GreedyPolicy(algo, net, str(data["obs"].device))
 
 
 def train_bc(
@@ -83,7 +127,8 @@ def train_bc(
     config: BCConfig,
     progress: Progress | None = None,
 ) -> Path:
-    """Behaviour-clone ``env_id`` (``tiers``) of a dataset into the run directory ``out_dir``."""
+    """Behaviour-clone ``env_id`` (``tiers``) of a dataset into the run directory ``out_dir``
+    (with a ``FilteredBCConfig``: only its best episodes, as ``filtered-bc``)."""
     device = resolve_device(config.device)
     data, info = load_data(dataset_path, env_id, tiers, "team", device)
     info["reward"] = None  # BC ignores rewards
@@ -91,3 +136,4 @@ def train_bc(
 
 
 register(ALGO)(greedy_loader(ALGO))
+register(FILTERED_ALGO)(greedy_loader(FILTERED_ALGO))

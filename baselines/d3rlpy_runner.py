@@ -15,9 +15,14 @@ one, so with every action legal it returns exactly ``algo.predict``. Observation
 not used (d3rlpy's default ``none``). Algorithm ids (CONTRACT): ``d3rlpy-bc``,
 ``d3rlpy-cql``, ``d3rlpy-bcq``.
 
+Configured like ours (``D3rlpyConfig``): the same learning rate, batch, hidden sizes, γ, CQL
+weight, reward scale and target-copy period as ``QConfig``'s defaults, so "ours vs d3rlpy" compares
+implementations, not settings. What d3rlpy cannot match: action masks in training (its BC and
+its Q targets range over every action) and Polyak target updates (it copies).
+
 Example::
 
-    run = train_d3rlpy("d3rlpy-cql", "data/ds", "lbf-8x8-2p-2f", ["expert"], Path("runs/cql"), steps=10_000)
+    run = train_d3rlpy("data/ds", "lbf-8x8-2p-2f", ["expert"], Path("runs/cql"), D3rlpyCQLConfig(steps=10_000))
     policy = load_policy(run)                    # D3rlpyPolicy
     actions = policy.act(obs, env.action_mask())  # [N] int64
 """
@@ -30,24 +35,110 @@ import json
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from llmca_data.config import JsonConfig, bounded
 from llmca_data.loaders import OfflineDataset
 
+from .networks import sample_legal
 from .policy import RUN_METRICS, RunError, register, save_run
+from .training import MAX_WIDTH
 
 Progress = Callable[[int, int], None]
 """``progress(step, total_steps)``; steps count over all agents (``n_agents * steps`` in all)."""
 
 CONFIG_CLASSES = {"d3rlpy-bc": "DiscreteBCConfig", "d3rlpy-cql": "DiscreteCQLConfig", "d3rlpy-bcq": "DiscreteBCQConfig"}
 """Algorithm id (CONTRACT) → the d3rlpy config class that builds it."""
-DEFAULT_HIDDEN = (256, 256)
 LOG_EVERY = 1000
 """Largest d3rlpy epoch (steps per ``metrics.jsonl`` row and per ``progress`` call)."""
+
+
+@dataclass(frozen=True)
+class D3rlpyConfig(JsonConfig):
+    """Settings of a d3rlpy runner, named and defaulted like our own baselines' so that the two
+    compare like for like (``TrainConfig``/``QConfig``); ``d3rlpy_params`` maps them to d3rlpy."""
+
+    ALGO: ClassVar[str] = ""
+    steps: int = bounded(2000, low=1)
+    """Gradient steps of each agent's learner."""
+    batch_size: int = bounded(256, low=1)
+    """Transitions per minibatch."""
+    lr: float = bounded(3e-4, low=0.0, open_low=True)
+    """Adam learning rate (d3rlpy's own default is 6.25e-5)."""
+    hidden: tuple[int, ...] = bounded((128, 128), low=1, high=MAX_WIDTH)
+    """Hidden layer sizes of the MLP encoder (``VectorEncoderFactory``)."""
+    seed: int = bounded(0, low=0)
+    """Agent i's learner is seeded with ``seed + i``."""
+    device: str = "auto"
+    """``auto`` (CUDA when present), ``cpu`` or ``cuda:0``."""
+
+    def d3rlpy_params(self) -> dict[str, Any]:
+        """Keyword arguments of the d3rlpy config class (besides the encoder)."""
+        return {"batch_size": self.batch_size, "learning_rate": self.lr}
+
+
+@dataclass(frozen=True)
+class D3rlpyBCConfig(D3rlpyConfig):
+    """``d3rlpy-bc``: d3rlpy's ``DiscreteBC`` (it trains without action masks; acting masks them)."""
+
+    ALGO: ClassVar[str] = "d3rlpy-bc"
+
+
+@dataclass(frozen=True)
+class D3rlpyQConfig(D3rlpyConfig):
+    """The Q-learning runners' settings, defaulted like ``QConfig``. d3rlpy copies its target
+    net every ``target_period`` steps (no Polyak rate) and learns from ``reward`` scaled by
+    ``reward_scale`` (``MultiplyRewardScaler``)."""
+
+    reward: str = "team"
+    """``team``, ``env`` or ``credit_<critic>``: the reward column agent i learns from."""
+    gamma: float = bounded(0.95, low=0.0, high=1.0)
+    """Discount factor."""
+    target_period: int = bounded(200, low=1)
+    """Copy the target net every this many steps (d3rlpy's default is 8000)."""
+    reward_scale: float = bounded(1.0, low=0.0, open_low=True)
+    """Every reward is multiplied by this before training."""
+
+    def d3rlpy_params(self) -> dict[str, Any]:
+        params = {**super().d3rlpy_params(), "gamma": self.gamma, "target_update_interval": self.target_period}
+        if self.reward_scale != 1.0:
+            from d3rlpy.preprocessing import MultiplyRewardScaler
+
+            params["reward_scaler"] = MultiplyRewardScaler(self.reward_scale)
+        return params
+
+
+@dataclass(frozen=True)
+class D3rlpyCQLConfig(D3rlpyQConfig):
+    """``d3rlpy-cql``: d3rlpy's ``DiscreteCQL``."""
+
+    ALGO: ClassVar[str] = "d3rlpy-cql"
+    cql_alpha: float = bounded(0.1, low=0.0)
+    """Weight of the conservative penalty (d3rlpy's ``alpha``; its default is 1.0)."""
+
+    def d3rlpy_params(self) -> dict[str, Any]:
+        return {**super().d3rlpy_params(), "alpha": self.cql_alpha}
+
+
+@dataclass(frozen=True)
+class D3rlpyBCQConfig(D3rlpyQConfig):
+    """``d3rlpy-bcq``: d3rlpy's ``DiscreteBCQ``."""
+
+    ALGO: ClassVar[str] = "d3rlpy-bcq"
+    action_flexibility: float = bounded(0.3, low=0.0, high=1.0, open_low=True)
+    """Actions whose imitator probability is below this × the likeliest one's are never chosen."""
+
+    def d3rlpy_params(self) -> dict[str, Any]:
+        return {**super().d3rlpy_params(), "action_flexibility": self.action_flexibility}
+
+
+CONFIGS: dict[str, type[D3rlpyConfig]] = {c.ALGO: c for c in (D3rlpyBCConfig, D3rlpyCQLConfig, D3rlpyBCQConfig)}
+"""Algorithm id → our config class."""
 
 
 @contextlib.contextmanager
@@ -70,15 +161,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def make_d3rlpy_config(
-    algo_id: str, batch_size: int = 256, hidden_units: Sequence[int] = DEFAULT_HIDDEN, **params: Any
-) -> Any:
-    """The d3rlpy ``LearnableConfig`` of ``algo_id`` with an MLP encoder of ``hidden_units``."""
-    if algo_id not in CONFIG_CLASSES:
-        raise ValueError(f"unknown d3rlpy algorithm {algo_id!r}; known: {', '.join(CONFIG_CLASSES)}")
+def make_d3rlpy_config(config: D3rlpyConfig) -> Any:
+    """The d3rlpy ``LearnableConfig`` of ``config``: its class, an MLP encoder of ``hidden`` and
+    every parameter ``d3rlpy_params`` maps."""
+    if config.ALGO not in CONFIG_CLASSES:
+        raise ValueError(f"unknown d3rlpy algorithm {config.ALGO!r}; known: {', '.join(CONFIG_CLASSES)}")
     d3rlpy = _d3rlpy()
-    encoder = d3rlpy.models.VectorEncoderFactory(hidden_units=list(hidden_units))
-    return getattr(d3rlpy.algos, CONFIG_CLASSES[algo_id])(batch_size=batch_size, encoder_factory=encoder, **params)
+    encoder = d3rlpy.models.VectorEncoderFactory(hidden_units=list(config.hidden))
+    return getattr(d3rlpy.algos, CONFIG_CLASSES[config.ALGO])(encoder_factory=encoder, **config.d3rlpy_params())
 
 
 def _epoch_steps(steps: int) -> int:
@@ -87,34 +177,25 @@ def _epoch_steps(steps: int) -> int:
 
 
 def fit_agents(
-    algo_id: str,
-    dataset: OfflineDataset,
-    steps: int,
-    reward: str = "team",
-    seed: int = 0,
-    batch_size: int = 256,
-    hidden_units: Sequence[int] = DEFAULT_HIDDEN,
-    device: str = "cpu",
-    progress: Progress | None = None,
+    config: D3rlpyConfig, dataset: OfflineDataset, progress: Progress | None = None
 ) -> tuple[list[Any], list[dict[str, Any]]]:
-    """Train one d3rlpy algorithm per agent for ``steps`` updates each; returns (algos, metric rows).
+    """Train one d3rlpy algorithm per agent for ``config.steps`` updates each; returns (algos, metric rows).
 
     Nothing is written to disk (``NoopAdapterFactory``) and d3rlpy's output is swallowed.
     Agent i is seeded with ``d3rlpy.seed(seed + i)`` (numpy, torch and cudnn determinism).
     """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
     d3rlpy = _d3rlpy()
     from d3rlpy.logging import NoopAdapterFactory
 
+    steps, reward = config.steps, getattr(config, "reward", "team")
     n_agents, per_epoch = dataset.spec.n_agents, _epoch_steps(steps)
     algos: list[Any] = []
     rows: list[dict[str, Any]] = []
     start = time.monotonic()
     for i in range(n_agents):
         mdp = dataset.to_d3rlpy(agent=i, reward=reward)
-        d3rlpy.seed(seed + i)
-        algo = make_d3rlpy_config(algo_id, batch_size, hidden_units).create(device=resolve_device(device))
+        d3rlpy.seed(config.seed + i)
+        algo = make_d3rlpy_config(config).create(device=resolve_device(config.device))
 
         def on_epoch(_: Any, epoch: int, total: int, agent: int = i) -> None:
             if progress is not None:
@@ -170,41 +251,28 @@ def save_d3rlpy_run(
 
 
 def train_d3rlpy(
-    algo_id: str,
     dataset_path: str | Path,
     env_id: str,
     tiers: str | Sequence[str] | None,
     out_dir: Path,
-    steps: int,
-    reward: str = "team",
-    seed: int = 0,
-    batch_size: int = 256,
-    hidden_units: Sequence[int] = DEFAULT_HIDDEN,
-    device: str = "cpu",
+    config: D3rlpyConfig,
     progress: Progress | None = None,
 ) -> Path:
-    """Train ``algo_id`` independent learners on ``env_id`` (``tiers``) of a dataset; returns ``out_dir``."""
+    """Train ``config.ALGO`` independent learners on ``env_id`` (``tiers``) of a dataset; returns ``out_dir``."""
     torch.set_num_threads(1)
     out_dir = Path(out_dir)
     dataset = OfflineDataset.open(dataset_path, env_id, tiers)
-    algos, rows = fit_agents(algo_id, dataset, steps, reward, seed, batch_size, hidden_units, device, progress)
-    extra = {
-        "dataset": str(dataset_path),
-        "tiers": list(dataset.tiers),
-        "reward": reward,
-        "steps": steps,
-        "seed": seed,
-        "batch_size": batch_size,
-        "hidden_units": list(hidden_units),
-    }
+    algos, rows = fit_agents(config, dataset, progress)
+    extra = {"dataset": str(dataset_path), "tiers": list(dataset.tiers), "reward": None, **config.to_dict()}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RUN_METRICS).write_text("".join(json.dumps(r) + "\n" for r in rows))
-    save_d3rlpy_run(out_dir, algo_id, algos, dataset.spec, extra)
+    save_d3rlpy_run(out_dir, config.ALGO, algos, dataset.spec, extra)
     return out_dir
 
 
 class D3rlpyPolicy:
-    """Decentralised greedy policy over one d3rlpy algorithm per agent, restricted to legal actions."""
+    """Decentralised greedy policy over one d3rlpy algorithm per agent, restricted to legal actions
+    (``d3rlpy-bc`` can also sample from its legal imitator logits: ``act_sampled``)."""
 
     def __init__(self, algo: str, algos: Sequence[Any], device: str = "cpu") -> None:
         self.algo = algo
@@ -243,6 +311,18 @@ class D3rlpyPolicy:
                 score = q.masked_fill(~legal, -math.inf)
             out[i] = int(score.argmax(dim=1)[0]) if bool(legal.any()) else 0
         return out
+
+    def act_sampled(self, obs: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``d3rlpy-bc`` only: each agent's action drawn from softmax over its legal imitator logits
+        (``sample_legal``): [N, D], [N, A] bool → int64 [N].
+
+        Raises:
+            ValueError: a value-based algorithm (CQL, BCQ), which acts greedily.
+        """
+        if self.algo != "d3rlpy-bc":
+            raise ValueError(f"{self.algo} is value-based and acts greedily; only d3rlpy-bc can sample")
+        logits = torch.cat([self.scores(i, obs[i : i + 1]) for i in range(self.n_agents)])  # [N, A]
+        return sample_legal(logits.cpu().numpy(), mask, rng)
 
 
 def load_d3rlpy_policy(config: dict[str, Any], tensors: dict[str, Any], device: str) -> D3rlpyPolicy:

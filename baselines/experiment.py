@@ -4,8 +4,10 @@ Input: a dataset (directory or Hub repo id), an env id, its tiers and a ``GridCo
 one run directory per arm and seed under ``out_dir/<arm>/seed-<k>`` (``config.json``,
 ``model.safetensors``, ``metrics.jsonl``, ``eval.json``) and one result row per run. A run whose
 ``eval.json`` already exists with the same settings is reused, so an interrupted grid resumes
-where it stopped. ``llmca pipeline`` and ``benchmarks/offline_credit.py`` drive it; the
-leaderboard turns its run directories into a submission.
+where it stopped; one trained with the same settings but evaluated with other episodes, act
+mode or protocol is evaluated again, not retrained. ``llmca pipeline`` and
+``benchmarks/offline_credit.py`` drive it; the leaderboard turns its run directories into a
+submission.
 
 Example::
 
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .evaluate import EvalConfig, evaluate_run
+from .evaluate import PROTOCOL_VERSION, EvalConfig, as_act, evaluate_run
 from .policy import RUN_CONFIG, RUN_EVAL
 from .train import train
 
@@ -48,7 +50,7 @@ class Arm:
     @property
     def name(self) -> str:
         """``bc``, ``iql-cql``, ``iql-cql+credit_shapley``, ``iql-cql+credit_llm_taca+task`` …"""
-        reward = "" if self.reward == "team" or self.algo in ("bc", "vdn-cql", "qmix-cql") else f"+{self.reward}"
+        reward = "" if self.reward == "team" else f"+{self.reward}"
         return self.algo + reward + ("+task" if self.task_input else "")
 
 
@@ -62,6 +64,8 @@ class GridConfig:
     """Gradient steps of every run."""
     eval_episodes: int = 20
     """Final evaluation episodes per run (evaluation seeds disjoint from data seeds)."""
+    act: str = "greedy"
+    """Act mode of the final evaluation (``greedy`` | ``sample``; sample: BC family only)."""
     device: str = "auto"
     overrides: tuple[tuple[str, Any], ...] = field(default=(("eval_episodes", 0),))
     """Config fields set on every run (default: no periodic evaluation, only the final one)."""
@@ -83,9 +87,13 @@ def run_grid(
             run_dir = out_dir / arm.name / f"seed-{seed}"
             if progress is not None:
                 progress(len(rows), total, f"{arm.name} seed {seed}")
-            result = _reuse(run_dir, env_id, arm, config, seed) or _train_and_evaluate(
-                dataset, env_id, tiers, run_dir, arm, seed, config
-            )
+            previous = _reuse(run_dir, env_id, arm, config, seed)
+            if previous is None:
+                result = _train_and_evaluate(dataset, env_id, tiers, run_dir, arm, seed, config)
+            elif _same_evaluation(previous, config):
+                result = previous
+            else:  # trained with these settings, evaluated otherwise (episodes, act, protocol)
+                result = _evaluate(run_dir, config)
             rows.append(_row(env_id, arm, seed, run_dir, result))
     if progress is not None:
         progress(total, total, "")
@@ -103,11 +111,25 @@ def _train_and_evaluate(
 ) -> dict[str, Any]:
     train(arm.algo, dataset, env_id, tiers, run_dir, reward=arm.reward, steps=config.steps, seed=seed,
           device=config.device, task_input=arm.task_input, overrides=dict(config.overrides))  # fmt: skip
-    return evaluate_run(run_dir, EvalConfig(episodes=config.eval_episodes))
+    return _evaluate(run_dir, config)
+
+
+def _evaluate(run_dir: Path, config: GridConfig) -> dict[str, Any]:
+    return evaluate_run(run_dir, EvalConfig(episodes=config.eval_episodes, act=as_act(config.act)))
+
+
+def _same_evaluation(result: dict[str, Any], config: GridConfig) -> bool:
+    """Whether ``result`` (an ``eval.json``) used the grid's episodes, act mode and protocol.
+
+    Results written before protocol v2 have no ``act`` (greedy) and no ``protocol`` (1).
+    """
+    done = (result.get("episodes"), result.get("act", "greedy"), result.get("protocol", 1))
+    return done == (config.eval_episodes, config.act, PROTOCOL_VERSION)
 
 
 def _reuse(run_dir: Path, env_id: str, arm: Arm, config: GridConfig, seed: int) -> dict[str, Any] | None:
-    """The finished result of ``run_dir`` when it ran with these settings, else None (train again)."""
+    """The last ``eval.json`` of ``run_dir`` when it trained with these settings, else None (train again);
+    ``_same_evaluation`` decides whether that result can be reused or the run is evaluated again."""
     try:
         body = json.loads((run_dir / RUN_CONFIG).read_text())
         result: dict[str, Any] = json.loads((run_dir / RUN_EVAL).read_text())
@@ -118,8 +140,7 @@ def _reuse(run_dir: Path, env_id: str, arm: Arm, config: GridConfig, seed: int) 
     wanted = json.loads(json.dumps(wanted))  # tuples → lists, as config.json holds them
     if body.get("reward", "") is None:  # an algorithm that ignores rewards (bc) stores none
         del wanted["reward"]
-    same = all(body.get(key) == value for key, value in wanted.items())
-    return result if same and result.get("episodes") == config.eval_episodes else None
+    return result if all(body.get(key) == value for key, value in wanted.items()) else None
 
 
 def _row(env_id: str, arm: Arm, seed: int, run_dir: Path, result: dict[str, Any]) -> dict[str, Any]:
@@ -133,6 +154,9 @@ def _row(env_id: str, arm: Arm, seed: int, run_dir: Path, result: dict[str, Any]
         "mean_return": result["mean_return"],
         "mean_cost": result["mean_cost"],
         "success_rate": result["success_rate"],
+        "act": result.get("act", "greedy"),
+        "frozen_episodes": result.get("frozen_episodes"),
+        "diverged": bool(result.get("diverged", False)),
     }
 
 

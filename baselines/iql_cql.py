@@ -20,7 +20,9 @@ input and dropped with a probability ramped linearly to 1 (``TaskDropout``), so 
 policy acts without it.
 
 Only ``terminated`` stops bootstrapping: a time-limit truncation bootstraps from ``next_obs``.
-The target network follows the online one by Polyak averaging (``tau``).
+Rewards are scaled by ``reward_scale``; the target network is updated every ``target_period``
+steps (rate ``tau``); a divergence guard marks runs whose Q leaves the data's return range
+(``q_learning.py``).
 
 Example::
 
@@ -40,6 +42,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from llmca_data.config import bounded
+
 from .networks import (
     AgentNet,
     GreedyPolicy,
@@ -52,28 +56,23 @@ from .networks import (
     task_inputs,
 )
 from .policy import register
-from .training import Progress, TrainConfig, fit_q_learner, load_data, resolve_device
+from .q_learning import QConfig, QNets, fit_q_learner
+from .training import MAX_WIDTH, Progress, load_data, resolve_device
 
 ALGO = "iql-cql"
 
 
 @dataclass(frozen=True)
-class IQLCQLConfig(TrainConfig):
-    """Independent Q-learning + CQL hyperparameters (the shared ``TrainConfig`` fields plus these)."""
+class IQLCQLConfig(QConfig):
+    """Independent Q-learning + CQL hyperparameters (the shared ``QConfig`` fields plus these)."""
 
     reward: str = "team"
     """``team``, ``env`` or ``credit_<critic>``: the per-agent reward column agent i learns from."""
-    gamma: float = 0.99
-    """Discount factor."""
-    cql_alpha: float = 1.0
-    """Weight of the conservative penalty (0 gives plain offline Double DQN)."""
-    tau: float = 0.005
-    """Polyak rate of the target network after each step (1.0 copies it every step)."""
     task_input: str | None = None
     """LLM-TACA: a task critic (``llm-taca``) whose task, one-hot, is appended to each agent's input."""
-    task_dropout_end: float = 0.8
+    task_dropout_end: float = bounded(0.8, low=0.0, high=1.0, open_low=True)
     """Fraction of training at which the task input's dropout probability (linear from 0) reaches 1."""
-    rnn_hidden: int = 0
+    rnn_hidden: int = bounded(0, low=0, high=MAX_WIDTH)
     """> 0: a GRU of this width over each agent's observation history; minibatches are then
     ``batch_size`` whole episodes instead of transitions."""
 
@@ -95,8 +94,7 @@ def td_targets(
 
 def iql_cql_loss(
     batch: dict[str, torch.Tensor],
-    online: AgentNet,
-    target: AgentNet,
+    nets: QNets,
     config: IQLCQLConfig,
     dropout: TaskDropout | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -107,9 +105,9 @@ def iql_cql_loss(
     """
     task, next_task = task_inputs(batch, dropout)  # [B, N] each, or None
     extras: dict[str, float] = {} if dropout is None else {"task_dropout": dropout.p}
-    q = online(batch["obs"], task)  # [B, N, A]
+    q = nets.online(batch["obs"], task)  # [B, N, A]
     q_data = q.gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)  # [B, N]
-    y = td_targets(batch, online, target, config.gamma, next_task)  # [B, N]
+    y = td_targets(batch, nets.online, nets.target, config.gamma, next_task)  # [B, N]
     td = F.mse_loss(q_data, y)
     cql = cql_penalty(q, batch["action_mask"], batch["action"])
     extras.update(td_loss=td.item(), cql=cql.item(), q_mean=q_data.mean().item())
@@ -118,8 +116,7 @@ def iql_cql_loss(
 
 def recurrent_iql_cql_loss(
     batch: dict[str, torch.Tensor],
-    online: AgentNet,
-    target: AgentNet,
+    nets: QNets,
     config: IQLCQLConfig,
     dropout: TaskDropout | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -133,11 +130,11 @@ def recurrent_iql_cql_loss(
     extras: dict[str, float] = {} if dropout is None else {"task_dropout": dropout.p}
     obs = torch.cat([batch["obs"][:, :1], batch["next_obs"]], dim=1)  # [B, T+1, N, obs_dim]
     tasks = None if task is None or next_task is None else torch.cat([task[:, :1], next_task], dim=1)  # [B, T+1, N]
-    q_all = online(obs, tasks)  # [B, T+1, N, A]
+    q_all = nets.online(obs, tasks)  # [B, T+1, N, A]
     q = q_all[:, :-1]  # [B, T, N, A]
     with torch.no_grad():
         best = masked_argmax(q_all[:, 1:], batch["next_action_mask"])  # [B, T, N]
-        q_next = target(obs, tasks)[:, 1:].gather(-1, best.unsqueeze(-1)).squeeze(-1)  # [B, T, N]
+        q_next = nets.target(obs, tasks)[:, 1:].gather(-1, best.unsqueeze(-1)).squeeze(-1)  # [B, T, N]
     not_done = (~batch["terminated"]).float().unsqueeze(-1)  # [B, T, 1]: truncation bootstraps
     y = batch["reward"] + config.gamma * not_done * q_next  # [B, T, N]: agent i's own reward
     q_data = q.gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)  # [B, T, N]
@@ -173,7 +170,7 @@ def fit_iql_cql(
         info,
         out_dir,
         config,
-        lambda b, o, t: loss(b, o, t, config, dropout),
+        lambda b, nets: loss(b, nets, config, dropout),
         progress,
         on_step=None if dropout is None else dropout.update,
     )

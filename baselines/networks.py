@@ -3,7 +3,8 @@
 Input: observation tensors ``obs`` [..., N, obs_dim] (optionally with a time axis for the GRU
 variant, and LLM-TACA task ids), legal-action masks [..., N, A]. Output: per-agent action
 values, masked argmaxes, Double-DQN next values, the CQL penalty, Polyak updates, the greedy
-``DecentralisedPolicy`` and the safetensors naming of the weights.
+``DecentralisedPolicy`` (which can also sample from legal logits) and the safetensors naming of
+the weights.
 
 One ``AgentNet`` is shared by all agents: agent i sees ``[obs_i, onehot(i)]`` (plus its task
 one-hot) only, so its greedy action depends on nothing but its own observation history, its
@@ -137,9 +138,31 @@ def soft_update(target: nn.Module, online: nn.Module, tau: float) -> None:
         t.lerp_(o, tau)
 
 
+def sample_legal(logits: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One action per agent drawn from the softmax of its legal logits: [N, A], bool [N, A] → int64 [N].
+
+    Illegal actions have probability exactly 0; an agent without a legal action gets 0 (as the
+    greedy rule does). Draws one ``rng.random()`` per agent, so a seeded ``rng`` reproduces.
+    """
+    mask = np.asarray(mask, np.bool_)
+    z = np.where(mask, np.asarray(logits, np.float64), -np.inf)  # [N, A]
+    top = np.max(z, axis=1, keepdims=True)  # [N, 1]
+    p = np.where(mask, np.exp(z - np.where(np.isfinite(top), top, 0.0)), 0.0)  # [N, A] unnormalised
+    cdf = np.cumsum(p, axis=1)  # [N, A]
+    u = rng.random(mask.shape[0]) * cdf[:, -1]  # [N]
+    above = cdf > u[:, None]  # [N, A]: the first True is a legal action (p > 0 there)
+    last_legal = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)  # [N] (rounding guard)
+    out = np.where(above.any(axis=1), np.argmax(above, axis=1), last_legal)
+    return np.where(mask.any(axis=1), out, 0).astype(np.int64)
+
+
 class GreedyPolicy:
     """``DecentralisedPolicy``: each agent takes the masked argmax of the shared net on its own obs + id
-    (and, for a GRU net, its own observation history since ``reset``)."""
+    (and, for a GRU net, its own observation history since ``reset``).
+
+    ``act_sampled`` instead draws from the softmax of the legal outputs: meaningful when they are
+    logits (BC family); evaluation refuses it for Q-learners, which act greedily.
+    """
 
     def __init__(self, algo: str, net: AgentNet, device: str = "cpu") -> None:
         self.algo = algo
@@ -152,13 +175,22 @@ class GreedyPolicy:
         """Forget the recurrent state: call at the start of every episode."""
         self._state = None
 
-    def act(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """``obs`` float32 [N, obs_dim], ``mask`` bool [N, A] → int64 [N]."""
+    def _step(self, obs: np.ndarray) -> torch.Tensor:
+        """The net's outputs for one acting step (advancing the GRU state): [N, obs_dim] → [N, A]."""
         with torch.no_grad():
             o = torch.tensor(np.asarray(obs, np.float32), device=self.device)  # [N, obs_dim]
-            m = torch.tensor(np.asarray(mask, np.bool_), device=self.device)  # [N, A]
             values, self._state = self.net.step(o, self._state)  # [N, A]
-            return masked_argmax(values, m).cpu().numpy().astype(np.int64)
+            return values
+
+    def act(self, obs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """``obs`` float32 [N, obs_dim], ``mask`` bool [N, A] → int64 [N]."""
+        values = self._step(obs)  # [N, A]
+        m = torch.tensor(np.asarray(mask, np.bool_), device=self.device)  # [N, A]
+        return masked_argmax(values, m).cpu().numpy().astype(np.int64)
+
+    def act_sampled(self, obs: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Each agent's action drawn from softmax over its legal logits (``sample_legal``) → int64 [N]."""
+        return sample_legal(self._step(obs).cpu().numpy(), mask, rng)
 
 
 class TaskDropout:

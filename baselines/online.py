@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from llmca_data.annotation.critic import Critic, CriticOutput
+from llmca_data.config import JsonConfig
 from llmca_data.envs import MultiAgentEnv, make_env
 from llmca_data.rollout import Episode, episode_seed, package_versions
 from llmca_data.shards import DatasetLock
@@ -45,7 +46,7 @@ from llmca_data.shards import DatasetLock
 from .online_io import RUN_DATASET, RunDataset, load_checkpoint, save_checkpoint
 from .online_learner import ALGO, DoubleDQN, GreedyAgents, evaluate_greedy, rewards_from
 from .policy import RUN_CONFIG, load_config, save_run
-from .training import JsonConfig, Progress, resolve_device
+from .training import Progress, resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -26,6 +26,8 @@ import numpy as np
 from llmca_data import __version__
 from llmca_data.errors import LlmcaError
 
+from .registry import ALGORITHMS
+
 RUN_CONFIG = "config.json"
 RUN_WEIGHTS = "model.safetensors"
 RUN_METRICS = "metrics.jsonl"
@@ -56,17 +58,8 @@ Loader = Callable[[dict[str, Any], dict[str, Any], str], DecentralisedPolicy]
 """``loader(config, tensors, device)`` rebuilds a policy from its config and safetensors tensors."""
 
 _LOADERS: dict[str, Loader] = {}
-ALGO_MODULES: dict[str, str] = {
-    "bc": "llmca_data.baselines.bc",
-    "iql-cql": "llmca_data.baselines.iql_cql",
-    "vdn-cql": "llmca_data.baselines.vdn_cql",
-    "qmix-cql": "llmca_data.baselines.qmix_cql",
-    "d3rlpy-bc": "llmca_data.baselines.d3rlpy_runner",
-    "d3rlpy-cql": "llmca_data.baselines.d3rlpy_runner",
-    "d3rlpy-bcq": "llmca_data.baselines.d3rlpy_runner",
-    "ddqn-online": "llmca_data.baselines.online",
-}
-"""Algorithm id (CONTRACT) → the module that registers its loader."""
+ALGO_MODULES: dict[str, str] = {algo: spec.module for algo, spec in ALGORITHMS.items()}
+"""Algorithm id (CONTRACT) → the module that registers its loader (from the registry)."""
 
 
 def register(algo: str) -> Callable[[Loader], Loader]:

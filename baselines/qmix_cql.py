@@ -13,13 +13,12 @@ consistent with the joint greedy action::
     loss = (Q_tot - y)^2 + cql_alpha * mean_i [logsumexp_{legal a} Q_i(o_i, a) - Q_i(o_i, a_i)]
 
 Execution is decentralised: agent i acts greedily on its own Q_i (the mixer is needed only
-for training, but is saved too, under ``mixer.*``). The target agent net and target mixer
-follow the online ones by Polyak averaging (``tau``); truncated steps bootstrap.
+for training, but is saved too, under ``mixer.*``). Truncated steps bootstrap; reward scale,
+target updates (agent net and mixer) and the divergence guard (on Q_tot) are ``q_learning.py``'s.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,34 +28,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import (
-    AgentNet,
-    GreedyPolicy,
-    cql_penalty,
-    double_q_next,
-    greedy_loader,
-    net_tensors,
-    soft_update,
-)
-from .policy import register, save_run
-from .training import Progress, TrainConfig, load_data, online_evaluator, resolve_device, run_config, train_loop
+from llmca_data.config import bounded
+
+from .networks import AgentNet, GreedyPolicy, cql_penalty, double_q_next, greedy_loader
+from .policy import register
+from .q_learning import MIXER_PREFIX, QConfig, QNets, fit_q_learner
+from .training import MAX_WIDTH, Progress, load_data, resolve_device
 
 ALGO = "qmix-cql"
-MIXER_PREFIX = "mixer."
-"""Safetensors names of the mixing network: ``mixer.<state_dict key>``."""
+__all__ = ["ALGO", "MIXER_PREFIX", "QMIXCQLConfig", "QMixer", "fit_qmix_cql", "qmix_cql_loss", "train_qmix_cql"]
 
 
 @dataclass(frozen=True)
-class QMIXCQLConfig(TrainConfig):
-    """QMIX + CQL hyperparameters (the shared ``TrainConfig`` fields plus these)."""
+class QMIXCQLConfig(QConfig):
+    """QMIX + CQL hyperparameters: the shared ``QConfig`` fields (``cql_alpha`` weighs the
+    per-agent penalty; 0 gives plain offline QMIX) plus these."""
 
-    gamma: float = 0.99
-    """Discount factor."""
-    cql_alpha: float = 1.0
-    """Weight of the per-agent conservative penalty (0 gives plain offline QMIX)."""
-    tau: float = 0.005
-    """Polyak rate of the target networks after each step (1.0 copies them every step)."""
-    mixer_hidden: int = 32
+    mixer_hidden: int = bounded(32, low=1, high=MAX_WIDTH)
     """Width of the mixing network's hidden layer (and of its hypernetworks)."""
 
 
@@ -87,7 +75,7 @@ def qmix_targets(
     batch: dict[str, torch.Tensor],
     online: AgentNet,
     target: AgentNet,
-    target_mixer: QMixer,
+    target_mixer: nn.Module,
     gamma: float,
 ) -> torch.Tensor:
     """Team Double-DQN target ``y`` [B]: the target mixer over the target net's values of the online argmax."""
@@ -100,18 +88,14 @@ def qmix_targets(
 
 
 def qmix_cql_loss(
-    batch: dict[str, torch.Tensor],
-    online: AgentNet,
-    mixer: QMixer,
-    target: AgentNet,
-    target_mixer: QMixer,
-    config: QMIXCQLConfig,
+    batch: dict[str, torch.Tensor], nets: QNets, config: QMIXCQLConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """TD loss of the mixed ``Q_tot`` against the team target, plus the per-agent CQL penalty."""
-    q = online(batch["obs"])  # [B, N, A]
+    assert nets.mixer is not None and nets.target_mixer is not None  # fit_qmix_cql builds both
+    q = nets.online(batch["obs"])  # [B, N, A]
     q_chosen = q.gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1)  # [B, N]
-    q_tot = mixer(q_chosen, batch["state"])  # [B]
-    y = qmix_targets(batch, online, target, target_mixer, config.gamma)  # [B]
+    q_tot = nets.mixer(q_chosen, batch["state"])  # [B]
+    y = qmix_targets(batch, nets.online, nets.target, nets.target_mixer, config.gamma)  # [B]
     td = F.mse_loss(q_tot, y)
     cql = cql_penalty(q, batch["action_mask"], batch["action"])
     return td + config.cql_alpha * cql, {"td_loss": td.item(), "cql": cql.item(), "q_tot_mean": q_tot.mean().item()}
@@ -125,31 +109,16 @@ def fit_qmix_cql(
     progress: Progress | None = None,
 ) -> tuple[Path, GreedyPolicy]:
     """Train on resident transition tensors (team reward, global ``state``) and write the run directory."""
-    torch.manual_seed(config.seed)
-    body = {**run_config(ALGO, data, config, info), "state_dim": int(data["state"].shape[-1])}
-    device = data["obs"].device
-    online = AgentNet(body["obs_dim"], body["n_agents"], body["n_actions"], config.hidden).to(device)
-    mixer = QMixer(body["n_agents"], body["state_dim"], config.mixer_hidden).to(device)
-    target = copy.deepcopy(online).requires_grad_(False)
-    target_mixer = copy.deepcopy(mixer).requires_grad_(False)
-
-    def after_step(_: int) -> None:
-        soft_update(target, online, config.tau)
-        soft_update(target_mixer, mixer, config.tau)
-
-    train_loop(
-        lambda b: qmix_cql_loss(b, online, mixer, target, target_mixer, config),
-        [*online.parameters(), *mixer.parameters()],
+    return fit_q_learner(
+        ALGO,
         data,
-        config,
+        info,
         out_dir,
+        config,
+        lambda b, nets: qmix_cql_loss(b, nets, config),
         progress,
-        after_step,
-        online_evaluator(ALGO, online, info, config),
+        mixer=lambda body: QMixer(body["n_agents"], body["state_dim"], config.mixer_hidden),
     )
-    tensors = {**net_tensors(online), **{MIXER_PREFIX + k: v for k, v in mixer.state_dict().items()}}
-    save_run(out_dir, body, tensors)
-    return out_dir, GreedyPolicy(ALGO, online, str(device))
 
 
 def train_qmix_cql(

@@ -1,10 +1,13 @@
-"""Train any baseline by its id: the one entry point the CLI and the pipeline call.
+"""Train any baseline by its id: the one entry point the CLI, the grid and the pipeline call.
 
-Input: an algorithm id (CONTRACT: ``bc``, ``iql-cql``, ``vdn-cql``, ``qmix-cql``,
-``d3rlpy-bc``, ``d3rlpy-cql``, ``d3rlpy-bcq``), a dataset (directory or Hub repo id), an env
-id, tiers, a reward source and training settings (optionally a JSON config file). Output: a run
-directory (``config.json``, ``model.safetensors``, ``metrics.jsonl``) that ``evaluate_run``
-and ``load_policy`` accept.
+Input: an algorithm id (CONTRACT, see ``registry.ALGORITHMS``), a dataset (directory or Hub
+repo id), an env id, tiers, a reward source and training settings (optionally a JSON config
+file). Output: a run directory (``config.json``, ``model.safetensors``, ``metrics.jsonl``) that
+``evaluate_run`` and ``load_policy`` accept.
+
+Settings are checked before any data is read: an unknown or out-of-range config key, a
+``--reward`` other than ``team`` for an algorithm that does not train on it, or a task input
+for an algorithm without one is a ``ConfigError`` that says what to do.
 """
 
 from __future__ import annotations
@@ -14,17 +17,50 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from llmca_data.errors import LlmcaError
+from llmca_data.config import ConfigError, JsonConfig
 
+from .registry import OFFLINE_ALGOS, UnknownAlgorithmError, get_algorithm
 from .training import Progress
 
-TORCH_ALGOS = ("bc", "iql-cql", "vdn-cql", "qmix-cql")
-D3RLPY_ALGOS = ("d3rlpy-bc", "d3rlpy-cql", "d3rlpy-bcq")
-ALGOS = TORCH_ALGOS + D3RLPY_ALGOS
+__all__ = ["ALGOS", "UnknownAlgorithmError", "load_overrides", "make_config", "train"]
+
+ALGOS = OFFLINE_ALGOS
+"""The ids ``train`` accepts (read from the registry)."""
 
 
-class UnknownAlgorithmError(LlmcaError, ValueError):
-    """An algorithm id outside ``ALGOS``."""
+def make_config(
+    algo: str,
+    *,
+    reward: str = "team",
+    task_input: str | None = None,
+    settings: dict[str, Any] | None = None,
+) -> JsonConfig:
+    """The checked config of ``algo`` from user ``settings`` (strict: unknown keys are errors).
+
+    Raises:
+        UnknownAlgorithmError: ``algo`` is not an offline algorithm.
+        ConfigError: a bad key or value, a reward source ``algo`` does not train on, or a task
+            input ``algo`` has no use for.
+    """
+    spec = get_algorithm(algo, offline=True)
+    settings = dict(settings or {})
+    reward = str(settings.pop("reward", reward))
+    task_input = settings.pop("task_input", task_input)
+    if reward != "team" and not spec.rewards:
+        trainable = ", ".join(a for a in OFFLINE_ALGOS if get_algorithm(a).rewards)
+        why = "imitates actions" if "sample" in spec.acts else "learns from the team reward and assigns credit itself"
+        raise ConfigError(
+            f"{algo} does not train on a reward source (it {why}); drop --reward {reward}, or use one of {trainable}"
+        )
+    if task_input is not None and not spec.task_input:
+        raise ConfigError(f"--task-input is an iql-cql option (LLM-TACA); {algo} has no task input")
+    cls = spec.config_class()
+    if spec.rewards:
+        settings["reward"] = reward
+    if spec.task_input:
+        settings["task_input"] = task_input
+    config: JsonConfig = cls.from_dict(settings, strict=True)
+    return config
 
 
 def train(
@@ -35,7 +71,7 @@ def train(
     out_dir: Path,
     *,
     reward: str = "team",
-    steps: int = 2000,
+    steps: int | None = None,
     seed: int = 0,
     device: str = "auto",
     task_input: str | None = None,
@@ -44,56 +80,35 @@ def train(
 ) -> Path:
     """Train ``algo`` and return its run directory.
 
-    ``reward`` (``team``, ``env`` or ``credit_<critic>``) is used by the independent learners
-    (``iql-cql`` and the d3rlpy runners); ``bc`` ignores rewards and ``vdn-cql`` / ``qmix-cql``
-    always learn from the team reward (they assign credit implicitly). ``task_input`` (``llm-taca``,
-    ``iql-cql`` only) appends that critic's task assignment to each agent's input, with dropout
-    ramped to 1. ``overrides`` sets any field of the algorithm's config dataclass (e.g. from
-    ``--config FILE``).
+    ``reward`` (``team``, ``env`` or ``credit_<critic>``) is used by the algorithms that train on
+    a reward source (``iql-cql``, ``d3rlpy-cql``, ``d3rlpy-bcq``); the others accept only
+    ``team`` (BC imitates; VDN/QMIX assign credit themselves). ``task_input`` (``llm-taca``,
+    ``iql-cql`` only) appends that critic's task to each agent's input, with dropout ramped to
+    1. ``steps`` (None: the config's default), ``seed`` and ``device`` are set first, then
+    ``overrides`` (e.g. from ``--config FILE``) may set any field of the algorithm's config.
     """
-    if algo not in ALGOS:
-        raise UnknownAlgorithmError(f"unknown algorithm {algo!r}; choose one of {', '.join(ALGOS)}")
-    if task_input is not None and algo != "iql-cql":
-        raise ValueError(f"--task-input is an iql-cql option (LLM-TACA); {algo} has no task input")
-    settings = {"steps": steps, "seed": seed, "device": device, **(overrides or {})}
-    if algo == "bc":
-        from .bc import BCConfig, train_bc
-
-        return train_bc(dataset, env_id, tiers, out_dir, BCConfig.from_dict(settings), progress)
-    if algo == "iql-cql":
-        from .iql_cql import IQLCQLConfig, train_iql_cql
-
-        return train_iql_cql(
-            dataset,
-            env_id,
-            tiers,
-            out_dir,
-            IQLCQLConfig.from_dict({**settings, "reward": reward, "task_input": task_input}),
-            progress,
-        )
-    if algo == "vdn-cql":
-        from .vdn_cql import VDNCQLConfig, train_vdn_cql
-
-        return train_vdn_cql(dataset, env_id, tiers, out_dir, VDNCQLConfig.from_dict(settings), progress)
-    if algo == "qmix-cql":
-        from .qmix_cql import QMIXCQLConfig, train_qmix_cql
-
-        return train_qmix_cql(dataset, env_id, tiers, out_dir, QMIXCQLConfig.from_dict(settings), progress)
-    if algo in D3RLPY_ALGOS:
-        from .d3rlpy_runner import train_d3rlpy
-
-        extra = {k: v for k, v in settings.items() if k in ("batch_size", "hidden_units")}
-        device = "cpu" if settings["device"] == "auto" else str(settings["device"])
-        return train_d3rlpy(algo, dataset, env_id, tiers, out_dir, int(settings["steps"]), reward=reward,
-                            seed=int(settings["seed"]), device=device, progress=progress, **extra)  # fmt: skip
-    raise AssertionError(algo)  # unreachable: every id of ALGOS is handled above
+    settings: dict[str, Any] = {"seed": seed, "device": device}
+    if steps is not None:
+        settings["steps"] = steps
+    config = make_config(algo, reward=reward, task_input=task_input, settings={**settings, **(overrides or {})})
+    trainer = get_algorithm(algo).train_fn()
+    return trainer(dataset, env_id, tiers, Path(out_dir), config, progress)
 
 
 def load_overrides(path: Path | None) -> dict[str, Any]:
-    """A JSON object of config fields (``--config FILE``), or {}."""
+    """A JSON object of config fields (``--config FILE``), or {}.
+
+    Raises:
+        ConfigError: the file is missing, not JSON or not one JSON object.
+    """
     if path is None:
         return {}
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not JSON ({exc}); a config file holds one JSON object of config fields") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file holds one JSON object of config fields")
+        raise ConfigError(f"{path}: a config file holds one JSON object of config fields, got {type(data).__name__}")
     return data

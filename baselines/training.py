@@ -9,22 +9,21 @@ validation loss (episodes split off, never steps) and periodic returns in the re
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from llmca_data.config import JsonConfig, bounded
 from llmca_data.loaders import OfflineDataset, sample_batch
 
-from .networks import AgentNet, GreedyPolicy, net_tensors, soft_update
-from .policy import RUN_METRICS, save_run
+from .networks import AgentNet, GreedyPolicy
+from .policy import RUN_METRICS
 
 
 class Progress(Protocol):
@@ -41,51 +40,37 @@ PERIODIC_EVAL_OFFSET = 1_000_000
 """Evaluation seed index of the first periodic (during-training) episode: far from the final
 evaluation's seeds ``eval_seed(0..)``, so training never looks at them."""
 
+MAX_WIDTH = 4096
+"""Largest hidden width accepted (configs and leaderboard architectures alike)."""
+
 LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 """``loss_fn(batch) -> (scalar loss, extra metrics)``."""
-
-
-class JsonConfig:
-    """``to_dict``/``from_dict`` for the frozen dataclass configs saved in ``config.json``."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (tuples such as ``hidden`` as lists)."""
-        out: dict[str, Any] = dataclasses.asdict(self)  # type: ignore[call-overload]
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        """Rebuild from ``to_dict`` output or a run's ``config.json`` (unknown keys are ignored)."""
-        names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-        kwargs = {k: v for k, v in data.items() if k in names}
-        if "hidden" in kwargs:
-            kwargs["hidden"] = tuple(int(h) for h in kwargs["hidden"])
-        return cls(**kwargs)
 
 
 @dataclass(frozen=True)
 class TrainConfig(JsonConfig):
     """Hyperparameters every baseline shares (algorithms subclass it and add their own)."""
 
-    steps: int = 2000
+    steps: int = bounded(2000, low=1)
     """Gradient steps."""
-    batch_size: int = 256
+    batch_size: int = bounded(256, low=1)
     """Transitions per minibatch (sampled uniformly with replacement)."""
-    lr: float = 3e-4
+    lr: float = bounded(3e-4, low=0.0, open_low=True)
     """Adam learning rate."""
-    hidden: tuple[int, ...] = (128, 128)
+    hidden: tuple[int, ...] = bounded((128, 128), low=1, high=MAX_WIDTH)
     """Hidden layer sizes of the shared ``AgentNet`` MLP."""
-    seed: int = 0
+    seed: int = bounded(0, low=0)
     """Seeds the network initialisation, the train/validation split and minibatch sampling."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``; the whole dataset is resident there."""
-    eval_every: int = 100
+    eval_every: int = bounded(100, low=1)
     """Log a ``metrics.jsonl`` row (with the validation loss) every this many steps."""
-    val_fraction: float = 0.1
+    val_fraction: float = bounded(0.1, low=0.0, high=0.9)
     """Fraction of episodes held out for the validation loss (split by episode, never by step)."""
-    eval_episodes: int = 5
-    """Episodes of each periodic evaluation in the real env (0 turns it off)."""
-    online_eval_every: int = 500
+    eval_episodes: int = bounded(5, low=0)
+    """Episodes of each periodic evaluation in the real env (0 turns it off); they use validation
+    seeds (``PERIODIC_EVAL_OFFSET`` on), never the final evaluation's."""
+    online_eval_every: int = bounded(500, low=1)
     """Roll the current greedy policy out every this many steps (and at the last step)."""
 
 
@@ -176,47 +161,6 @@ def split_episodes(
     return {k: v[~is_val] for k, v in data.items()}, {k: v[is_val] for k, v in data.items()}
 
 
-def fit_q_learner(
-    algo: str,
-    data: dict[str, torch.Tensor],
-    info: dict[str, Any],
-    out_dir: Path,
-    config: Any,
-    loss: Callable[[dict[str, torch.Tensor], AgentNet, AgentNet], tuple[torch.Tensor, dict[str, float]]],
-    progress: Progress | None = None,
-    on_step: Callable[[int], None] | None = None,
-) -> tuple[Path, GreedyPolicy]:
-    """Plumbing shared by the Q-learners with one agent net: seed, online and Polyak-updated target
-    nets, the train loop, the run directory. ``loss(batch, online, target)`` is the algorithm;
-    ``on_step(step)`` runs after each update (e.g. a schedule)."""
-    torch.manual_seed(config.seed)
-    body = run_config(algo, data, config, info)
-    device = data["obs"].device
-    online = AgentNet(
-        body["obs_dim"], body["n_agents"], body["n_actions"], config.hidden, body["n_tasks"], body.get("rnn_hidden", 0)
-    )
-    online = online.to(device)
-    target = copy.deepcopy(online).requires_grad_(False)
-
-    def after_step(step: int) -> None:
-        soft_update(target, online, config.tau)
-        if on_step is not None:
-            on_step(step)
-
-    train_loop(
-        lambda b: loss(b, online, target),
-        list(online.parameters()),
-        data,
-        config,
-        out_dir,
-        progress,
-        after_step,
-        online_evaluator(algo, online, info, config),
-    )
-    save_run(out_dir, body, net_tensors(online))
-    return out_dir, GreedyPolicy(algo, online, str(device))
-
-
 def train_loop(
     loss_fn: LossFn,
     params: Sequence[nn.Parameter],
@@ -226,6 +170,7 @@ def train_loop(
     progress: Progress | None = None,
     after_step: Callable[[int], None] | None = None,
     evaluate: Evaluator | None = None,
+    q_limit: float | None = None,
 ) -> list[dict[str, float | None]]:
     """Adam on ``loss_fn`` over minibatches of the training episodes; logs ``out_dir/metrics.jsonl``.
 
@@ -234,6 +179,10 @@ def train_loop(
     transitions. Every ``online_eval_every`` steps (and at the last) ``evaluate()`` adds
     ``eval_return``/``eval_score`` to the row. ``after_step(step)`` runs after each update (e.g.
     target-network updates). ``progress`` gets the loss and the last evaluation as its status.
+
+    Divergence guard (Q-learners): with ``q_limit``, every row has ``diverged``, true from the
+    first logged step whose mean Q on dataset actions (``q_tot_mean`` or ``q_mean`` of
+    ``loss_fn``'s extras) exceeds ``q_limit`` in magnitude, and true from then on.
     """
     train, val = split_episodes(data, config.val_fraction, config.seed)
     if train["obs"].shape[0] == 0:
@@ -246,6 +195,7 @@ def train_loop(
     rows: list[dict[str, float | None]] = []
     last_eval: dict[str, float | None] = {}
     start = time.monotonic()
+    diverged = False
     with (out_dir / RUN_METRICS).open("w") as log:
         for step in range(1, config.steps + 1):
             loss, extras = loss_fn(sample_batch(train, config.batch_size, gen))
@@ -263,6 +213,10 @@ def train_loop(
                         val_loss = float(loss_fn(val_batch)[0])
                 row: dict[str, float | None] = {"step": step, "loss": float(loss.detach()), "val_loss": val_loss}
                 row.update(extras)
+                if q_limit is not None:
+                    q_mean = extras.get("q_tot_mean", extras.get("q_mean"))
+                    diverged = diverged or (q_mean is not None and abs(q_mean) > q_limit)
+                    row["diverged"] = diverged
                 if evaluate is not None and evaluate_now:
                     last_eval = evaluate()
                     row.update(last_eval)
@@ -279,7 +233,7 @@ def _report(
     progress: Progress, step: int, total: int, row: dict[str, float | None], last_eval: dict[str, float | None]
 ) -> None:
     """Call ``progress`` with a ``loss … · eval return … (normalised score)`` status."""
-    status = f"loss {row['loss']:.4g}"
+    status = f"loss {row['loss']:.4g}" + (" · DIVERGED" if row.get("diverged") else "")
     if last_eval:
         score = last_eval.get("eval_score")
         status += f" · eval return {last_eval['eval_return']:.3g}" + ("" if score is None else f" ({score:.0f})")

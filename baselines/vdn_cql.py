@@ -10,8 +10,8 @@ the additive decomposition (no per-agent credit column is used)::
     y = r_team + gamma * (1 - terminated) * sum_i Q'_i(o'_i, argmax_{legal a} Q_i(o'_i, a))   (Double DQN)
     loss = (Q_tot - y)^2 + cql_alpha * mean_i [logsumexp_{legal a} Q_i(o_i, a) - Q_i(o_i, a_i)]
 
-Execution is decentralised: agent i acts greedily on its own Q_i. The target network follows
-the online one by Polyak averaging (``tau``); truncated steps bootstrap.
+Execution is decentralised: agent i acts greedily on its own Q_i. Truncated steps bootstrap;
+reward scale, target updates and the divergence guard (on Q_tot) are ``q_learning.py``'s.
 """
 
 from __future__ import annotations
@@ -26,21 +26,16 @@ import torch.nn.functional as F
 
 from .networks import AgentNet, GreedyPolicy, cql_penalty, double_q_next, greedy_loader
 from .policy import register
-from .training import Progress, TrainConfig, fit_q_learner, load_data, resolve_device
+from .q_learning import QConfig, QNets, fit_q_learner
+from .training import Progress, load_data, resolve_device
 
 ALGO = "vdn-cql"
 
 
 @dataclass(frozen=True)
-class VDNCQLConfig(TrainConfig):
-    """VDN + CQL hyperparameters (the shared ``TrainConfig`` fields plus these)."""
-
-    gamma: float = 0.99
-    """Discount factor."""
-    cql_alpha: float = 1.0
-    """Weight of the per-agent conservative penalty (0 gives plain offline VDN)."""
-    tau: float = 0.005
-    """Polyak rate of the target network after each step (1.0 copies it every step)."""
+class VDNCQLConfig(QConfig):
+    """VDN + CQL hyperparameters: the shared ``QConfig`` fields (``cql_alpha`` weighs the per-agent
+    penalty; 0 gives plain offline VDN)."""
 
 
 def vdn_targets(batch: dict[str, torch.Tensor], online: AgentNet, target: AgentNet, gamma: float) -> torch.Tensor:
@@ -52,12 +47,12 @@ def vdn_targets(batch: dict[str, torch.Tensor], online: AgentNet, target: AgentN
 
 
 def vdn_cql_loss(
-    batch: dict[str, torch.Tensor], online: AgentNet, target: AgentNet, config: VDNCQLConfig
+    batch: dict[str, torch.Tensor], nets: QNets, config: VDNCQLConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """TD loss of ``Q_tot = sum_i Q_i`` against the team target, plus the per-agent CQL penalty."""
-    q = online(batch["obs"])  # [B, N, A]
+    q = nets.online(batch["obs"])  # [B, N, A]
     q_tot = q.gather(-1, batch["action"].unsqueeze(-1)).squeeze(-1).sum(-1)  # [B]
-    y = vdn_targets(batch, online, target, config.gamma)  # [B]
+    y = vdn_targets(batch, nets.online, nets.target, config.gamma)  # [B]
     td = F.mse_loss(q_tot, y)
     cql = cql_penalty(q, batch["action_mask"], batch["action"])
     return td + config.cql_alpha * cql, {"td_loss": td.item(), "cql": cql.item(), "q_tot_mean": q_tot.mean().item()}
@@ -71,7 +66,7 @@ def fit_vdn_cql(
     progress: Progress | None = None,
 ) -> tuple[Path, GreedyPolicy]:
     """Train on resident transition tensors (team reward) and write the run directory."""
-    return fit_q_learner(ALGO, data, info, out_dir, config, lambda b, o, t: vdn_cql_loss(b, o, t, config), progress)
+    return fit_q_learner(ALGO, data, info, out_dir, config, lambda b, nets: vdn_cql_loss(b, nets, config), progress)
 
 
 def train_vdn_cql(

@@ -8,7 +8,7 @@ check — the ``DecentralisedPolicy`` rebuilt from package code.
 
 Architectures (CONTRACT ids):
 
-- ``agent-net``: the shared ``AgentNet`` MLP of ``bc``, ``iql-cql`` and ``vdn-cql``; tensors
+- ``agent-net``: the shared ``AgentNet`` MLP of ``bc``, ``filtered-bc``, ``iql-cql`` and ``vdn-cql``; tensors
   ``agent_net.<state_dict key>`` (``NET_PREFIX``).
 - ``agent-net+qmix-mixer``: the same net plus the ``QMixer`` of ``qmix-cql`` (``mixer.*``);
   the mixer is checked but not used to act (execution is decentralised).
@@ -30,9 +30,9 @@ from torch import nn
 
 from llmca_data.baselines.networks import NET_PREFIX, AgentNet, greedy_loader
 from llmca_data.baselines.policy import DecentralisedPolicy
+from llmca_data.baselines.registry import algos_with_architecture
+from llmca_data.baselines.training import MAX_WIDTH
 
-MAX_WIDTH = 4096
-"""Largest hidden width (and mixer width) accepted."""
 MAX_LAYERS = 8
 """Most hidden layers accepted."""
 MAX_DIM = 1_000_000
@@ -108,10 +108,13 @@ def _build_qmix(spec: AgentNetSpec) -> dict[str, nn.Module]:
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "agent-net": Architecture("agent-net", AgentNetSpec, _build_agent_net, ("bc", "iql-cql", "vdn-cql")),
-    "agent-net+qmix-mixer": Architecture("agent-net+qmix-mixer", QMixSpec, _build_qmix, ("qmix-cql",)),
+    "agent-net": Architecture("agent-net", AgentNetSpec, _build_agent_net, algos_with_architecture("agent-net")),
+    "agent-net+qmix-mixer": Architecture(
+        "agent-net+qmix-mixer", QMixSpec, _build_qmix, algos_with_architecture("agent-net+qmix-mixer")
+    ),
 }
-"""Architecture id (CONTRACT) → how to build and check it."""
+"""Architecture id (CONTRACT) → how to build and check it; which algorithms use each comes from
+the baselines' registry (``Algorithm.architecture``)."""
 
 
 def architecture_for_algo(algo: str) -> str:

@@ -3,9 +3,12 @@
 Input: a submission directory (validated first, see ``validate.py``). Output:
 ``RESULTS_DIR/<submission name>/results.json`` (and a copy of ``submission.json``): per env,
 tier and seed the *verified* evaluation dict of ``baselines.evaluate.evaluate_policy`` over
-the fixed evaluation seeds, the self-reported metrics kept but marked unverified, and flags
-where they disagree with the verified ones by more than the tolerance; plus provenance
-(package and schema versions, evaluation config, dataset identity, submission sha256).
+the fixed evaluation seeds (protocol v2: ``protocol``, ``act``, ``frozen_episodes``, ...), the
+self-reported metrics and ``diverged`` kept but marked unverified, and flags where the metrics
+disagree with the verified ones by more than the tolerance; plus provenance (package and
+schema versions, evaluation protocol and config, dataset identity, submission sha256).
+
+Every policy acts as its submission says (``act``: greedy, or sampled for the BC family).
 
 Each policy is rebuilt from package code (``architectures.build_policy``) and its weights are
 read with ``safetensors`` only — never pickle — after every check passed. The env runs with
@@ -27,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from llmca_data import SCHEMA_VERSION, __version__
-from llmca_data.baselines.evaluate import EvalConfig, evaluate_policy
+from llmca_data.baselines.evaluate import PROTOCOL_VERSION, EvalConfig, as_act, evaluate_policy
 from llmca_data.baselines.training import resolve_device
 
 from .architectures import build_policy
@@ -37,7 +40,9 @@ from .validate import CheckedSeed, validate_submission
 log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
-RESULTS_VERSION = 1
+RESULTS_VERSION = 2
+"""2 adds ``act``/``protocol`` to the submission block, ``diverged`` per seed and ``protocol`` to the
+provenance; readers treat their absence (version 1) as greedy, protocol 1, not diverged."""
 COMPARED_METRICS: dict[str, float] = {"normalized_score": 100.0, "success_rate": 1.0, "mean_return": 1.0,
                                       "mean_cost": 1.0}  # fmt: skip
 """Self-reported metrics compared with the verified ones → their scale (the smallest denominator)."""
@@ -50,8 +55,9 @@ Progress = Callable[[int, int], None]
 class LeaderboardEvalConfig:
     """How the trusted evaluator plays each policy and when it flags a self-reported number."""
 
-    episodes: int = 20
-    """Evaluation episodes per seed (``eval_seed(seed_offset + i)``, disjoint from data seeds)."""
+    episodes: int = 100
+    """Evaluation episodes per seed (``eval_seed(seed_offset + i)``, disjoint from data seeds);
+    protocol v2 asks for at least 100."""
     seed_offset: int = 0
     """First evaluation seed index (the same for every submission: the seeds are fixed)."""
     device: str = "cpu"
@@ -60,8 +66,9 @@ class LeaderboardEvalConfig:
     """Flag a self-reported metric when ``|reported − verified| > tolerance · max(|verified|, scale)``,
     scale 100 for ``normalized_score`` and 1 for ``success_rate``, ``mean_return``, ``mean_cost``."""
 
-    def eval_config(self) -> EvalConfig:
-        return EvalConfig(episodes=self.episodes, seed_offset=self.seed_offset)
+    def eval_config(self, act: str = "greedy") -> EvalConfig:
+        """The ``EvalConfig`` of one policy that acts as ``act`` (its submission's act mode)."""
+        return EvalConfig(episodes=self.episodes, seed_offset=self.seed_offset, act=as_act(act))
 
 
 def disagreements(reported: dict[str, float | None], verified: dict[str, Any], tolerance: float) -> list[str]:
@@ -77,14 +84,14 @@ def disagreements(reported: dict[str, float | None], verified: dict[str, Any], t
     return flags
 
 
-def evaluate_seed(seed: CheckedSeed, name: str, config: LeaderboardEvalConfig) -> dict[str, Any]:
-    """Load one checked checkpoint with safetensors, rebuild its policy and evaluate it."""
+def evaluate_seed(seed: CheckedSeed, name: str, config: LeaderboardEvalConfig, act: str = "greedy") -> dict[str, Any]:
+    """Load one checked checkpoint with safetensors, rebuild its policy and evaluate it acting as ``act``."""
     from safetensors.torch import load_file
 
     entry = seed.entry
     tensors = load_file(str(seed.path), device="cpu")
     policy = build_policy(entry.architecture, seed.spec, tensors, name, resolve_device(config.device))
-    verified = evaluate_policy(policy, entry.env_id, {}, config.eval_config())
+    verified = evaluate_policy(policy, entry.env_id, {}, config.eval_config(act))
     flags = disagreements(entry.metrics, verified, config.tolerance)
     for flag in flags:
         log.warning("%s: %s", entry.where, flag)
@@ -96,6 +103,7 @@ def evaluate_seed(seed: CheckedSeed, name: str, config: LeaderboardEvalConfig) -
         "verified": verified,
         "self_reported": dict(entry.metrics),
         "self_reported_status": "unverified",
+        "diverged": entry.diverged,
         "flags": flags,
     }
 
@@ -132,7 +140,8 @@ def evaluate_submission(
     entries: dict[str, dict[str, dict[str, Any]]] = {}
     for i, seed in enumerate(checked.seeds):
         e = seed.entry
-        entries.setdefault(e.env_id, {}).setdefault(e.tier, {})[str(e.seed)] = evaluate_seed(seed, sub.algorithm, cfg)
+        record = evaluate_seed(seed, sub.algorithm, cfg, sub.act)
+        entries.setdefault(e.env_id, {}).setdefault(e.tier, {})[str(e.seed)] = record
         if progress is not None:
             progress(i + 1, len(checked.seeds))
     body = {
@@ -144,10 +153,13 @@ def evaluate_submission(
             "code_url": sub.code_url,
             "dataset": sub.dataset.to_dict(),
             "submission_sha256": sub.sha256,
+            "act": sub.act,
+            "protocol": sub.protocol,
         },
         "provenance": {
             "package_version": __version__,
             "schema_version": SCHEMA_VERSION,
+            "protocol": PROTOCOL_VERSION,
             "eval_config": asdict(cfg),
             "dataset": sub.dataset.to_dict(),
             "dataset_checked": check_dataset,

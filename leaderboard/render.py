@@ -9,9 +9,11 @@ Input: a results directory (``<submission>/results.json`` from ``evaluate.py``).
     plots/<env>__<tier>__intervals.png     IQM and mean with 95% CIs (rliable.plot_utils)
     plots/<env>__<tier>__profile.png       performance profiles with 95% bands (rliable.plot_utils)
 
-Columns: mean ± std over seeds, IQM and mean with their stratified-bootstrap 95% intervals,
-the probability of improvement over BC with its interval, seeds, and how many self-reported
-numbers were flagged as far from the verified ones (they are never shown as results).
+Columns: the act mode (``greedy`` | ``sample``; ``(protocol 1)`` marks results verified before
+protocol v2), mean ± std over seeds, IQM and mean with their stratified-bootstrap 95%
+intervals, the probability of improvement over BC with its interval, seeds, and flags: how
+many self-reported numbers were far from the verified ones (they are never shown as results)
+and, when any, ``diverged k/n`` — seeds whose training self-reports Q divergence.
 """
 
 from __future__ import annotations
@@ -25,14 +27,16 @@ from pathlib import Path
 
 import numpy as np
 
+from llmca_data.baselines.evaluate import PROTOCOL_VERSION
+
 from .statistics import EntryStats, StatsConfig, TaskStats, aggregate, load_results, stats_to_json
 
 MARKDOWN_FILE = "leaderboard.md"
 HTML_FILE = "index.html"
 STATS_FILE = "statistics.json"
 PLOTS_DIR = "plots"
-COLUMNS = ("rank", "submission", "team", "algorithm", "seeds", "mean ± std", "IQM [95% CI]", "mean [95% CI]",
-           "P(> BC) [95% CI]", "flags")  # fmt: skip
+COLUMNS = ("rank", "submission", "team", "algorithm", "act", "seeds", "mean ± std", "IQM [95% CI]",
+           "mean [95% CI]", "P(> BC) [95% CI]", "flags")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -59,9 +63,11 @@ def fmt_interval(ci: tuple[float, float] | None) -> str:
 def row_cells(rank: int, e: EntryStats) -> list[str]:
     """The table cells of one entry (plain text, shared by markdown and HTML)."""
     poi = "—" if e.poi is None else f"{fmt(e.poi)} {fmt_interval(e.poi_ci)}"
-    return [str(rank), e.name, e.team, e.algorithm, str(len(e.scores)), f"{fmt(e.mean)} ± {fmt(e.std)}",
+    act = e.act if e.protocol >= PROTOCOL_VERSION else f"{e.act} (protocol {e.protocol})"
+    flags = str(e.flags) + (f", diverged {e.diverged}/{len(e.scores)}" if e.diverged else "")
+    return [str(rank), e.name, e.team, e.algorithm, act, str(len(e.scores)), f"{fmt(e.mean)} ± {fmt(e.std)}",
             f"{fmt(e.iqm)} {fmt_interval(e.iqm_ci)}", f"{fmt(e.mean)} {fmt_interval(e.mean_ci)}", poi,
-            str(e.flags)]  # fmt: skip
+            flags]  # fmt: skip
 
 
 def plot_stem(task: TaskStats) -> str:

@@ -8,6 +8,9 @@ Output: per env and tier, for each submission: its per-seed scores (the verified
 ``aggregate_mean``), the probability of improvement over the ``bc`` entry
 (``rliable.metrics.probability_of_improvement``, with its interval), and the performance
 profile (``rliable.library.create_performance_profile``). Nothing is bootstrapped by hand.
+Each entry also carries its act mode, the oldest evaluation protocol among its seeds and how
+many seeds self-report diverged training; results from before protocol v2 read as greedy,
+protocol 1, not diverged.
 
 rliable draws its resamples from numpy's *global* generator; each call here is seeded with
 ``StatsConfig.seed`` and the previous global state is restored afterwards, so a result does
@@ -45,7 +48,8 @@ class StatsConfig:
     seed: int = 0
     """Seed of numpy's global generator for each bootstrap call."""
     baseline: str = "bc"
-    """Algorithm name of the entry others are compared with (probability of improvement)."""
+    """Algorithm name of the entry others are compared with (probability of improvement); its
+    greedy submission when it has both a greedy and a sampled one."""
     profile_points: int = 41
     """Thresholds on the performance profile's x axis."""
 
@@ -69,6 +73,12 @@ class EntryStats:
     poi: float | None = None
     """P(this entry > the baseline); None for the baseline itself or without one."""
     poi_ci: tuple[float, float] | None = None
+    act: str = "greedy"
+    """How the policies acted when verified (``greedy`` | ``sample``)."""
+    protocol: int = 1
+    """Evaluation protocol of the verified results (the oldest among the seeds)."""
+    diverged: int = 0
+    """Seeds whose training self-reports Q divergence."""
 
 
 @dataclass(frozen=True)
@@ -151,11 +161,13 @@ def task_stats(
 ) -> TaskStats:  # fmt: skip
     """Aggregates of every submission on one env and tier.
 
-    ``info``: name → ``{"team", "algorithm", "flags"}`` (flags: name → count per (env, tier)).
+    ``info``: name → ``{"team", "algorithm", "act", "flags", "protocol", "diverged"}`` (the last three:
+    (env, tier) → value).
     """
     from rliable import library, metrics
 
-    baselines = sorted(n for n in scores if info[n]["algorithm"].lower() == config.baseline.lower())
+    baselines = sorted((n for n in scores if info[n]["algorithm"].lower() == config.baseline.lower()),
+                       key=lambda n: (info[n]["act"] != "greedy", n))  # fmt: skip
     base = scores[baselines[0]] if baselines else None
     entries = []
     for name, x in scores.items():
@@ -167,9 +179,12 @@ def task_stats(
             poi, poi_ci = float(p), _pair(p_ci)
         flat = x[:, 0]
         std = float(np.std(flat, ddof=1)) if flat.size > 1 else 0.0
-        entries.append(EntryStats(name, info[name]["team"], info[name]["algorithm"], [float(v) for v in flat],
+        mine, key = info[name], (env_id, tier)
+        entries.append(EntryStats(name, mine["team"], mine["algorithm"], [float(v) for v in flat],
                                   float(np.mean(flat)), std, float(point[0]), _pair(ci[:, 0]), _pair(ci[:, 1]),
-                                  info[name]["flags"].get((env_id, tier), 0), poi, poi_ci))  # fmt: skip
+                                  mine["flags"].get(key, 0), poi, poi_ci, act=mine["act"],
+                                  protocol=mine["protocol"].get(key, 1),
+                                  diverged=mine["diverged"].get(key, 0)))  # fmt: skip
     entries.sort(key=lambda e: -e.iqm)
     every = np.concatenate([x[:, 0] for x in scores.values()])
     taus = np.linspace(float(every.min()), float(every.max()) + 1e-9, config.profile_points)
@@ -185,9 +200,16 @@ def aggregate(results: list[dict[str, Any]], config: StatsConfig | None = None) 
     cfg = config or StatsConfig()
     info: dict[str, dict[str, Any]] = {}
     for r in results:
-        flags = {(env_id, tier): sum(len(s["flags"]) for s in seeds.values())
-                 for env_id, tiers in r["entries"].items() for tier, seeds in tiers.items()}  # fmt: skip
-        info[r["submission"]["name"]] = {**r["submission"], "flags": flags}
+        tasks = [((env_id, tier), seeds) for env_id, tiers in r["entries"].items() for tier, seeds in tiers.items()]
+        info[r["submission"]["name"]] = {
+            **r["submission"],
+            "act": r["submission"].get("act", "greedy"),
+            "flags": {task: sum(len(s["flags"]) for s in seeds.values()) for task, seeds in tasks},
+            "protocol": {
+                task: min(int(s["verified"].get("protocol", 1)) for s in seeds.values()) for task, seeds in tasks
+            },
+            "diverged": {task: sum(s.get("diverged") is True for s in seeds.values()) for task, seeds in tasks},
+        }
     return [task_stats(env_id, tier, metric, scores, info, cfg)
             for (env_id, tier), (metric, scores) in task_scores(results).items()]  # fmt: skip
 

@@ -12,6 +12,8 @@ Layout (CONTRACT, schema version 1)::
     {
       "submission_version": 1,
       "team": "llmca", "algorithm": "bc", "code_url": "https://github.com/...",
+      "act": "greedy" | "sample",     # optional (default greedy); sample: BC family only
+      "protocol": 2,                  # optional (default 1): evaluation protocol of the metrics
       "dataset": {"kind": "hub", "repo_id": "llmca/annotated", "commit": "<40 hex>"}
                | {"kind": "local", "manifest_sha256": "<64 hex>"},
       "results": {"<env_id>": {"<tier>[+<tier>...]": {"<seed>": {
@@ -19,6 +21,7 @@ Layout (CONTRACT, schema version 1)::
           "architecture": "agent-net",               # see architectures.ARCHITECTURES
           "config": {"obs_dim": 12, "n_agents": 2, "n_actions": 6, "hidden": [128, 128]},
           "metrics": {"mean_return": 0.8, "normalized_score": 74.0, ...},   # self-reported
+          "diverged": false,                         # optional, self-reported (training's metrics.jsonl)
           "training": {...}                          # optional, free-form, informational
       }}}}
     }
@@ -33,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from llmca_data.baselines.evaluate import ACT_MODES, PROTOCOL_VERSION, SAMPLING_ALGOS
 from llmca_data.errors import LlmcaError
 from llmca_data.tiers import TIERS
 
@@ -44,8 +48,8 @@ MAX_SUBMISSION_BYTES = 4 << 20
 """Largest ``submission.json`` accepted (4 MiB)."""
 _SHA1 = re.compile(r"[0-9a-f]{40}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_TOP_KEYS = {"submission_version", "team", "algorithm", "code_url", "dataset", "results"}
-_SEED_KEYS = {"checkpoint", "architecture", "config", "metrics", "training"}
+_TOP_KEYS = {"submission_version", "team", "algorithm", "code_url", "dataset", "results", "act", "protocol"}
+_SEED_KEYS = {"checkpoint", "architecture", "config", "metrics", "training", "diverged"}
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,8 @@ class SeedEntry:
     config: dict[str, Any]
     metrics: dict[str, float | None]
     training: dict[str, Any] = field(default_factory=dict)
+    diverged: bool = False
+    """Self-reported: the run's ``metrics.jsonl`` flagged Q divergence (never verified)."""
 
     @property
     def where(self) -> str:
@@ -134,11 +140,17 @@ class Submission:
     entries: list[SeedEntry]
     sha256: str
     """sha256 of the ``submission.json`` bytes."""
+    act: str = "greedy"
+    """How every policy acts when evaluated (``greedy`` | ``sample``)."""
+    protocol: int = 1
+    """Evaluation protocol of the self-reported metrics (a submission without the key: 1)."""
 
     @property
     def name(self) -> str:
-        """``<team>-<algorithm>`` as a file-name-safe slug (the results folder name)."""
-        return re.sub(r"[^a-z0-9._-]+", "-", f"{self.team}-{self.algorithm}".lower()).strip("-.") or "submission"
+        """``<team>-<algorithm>`` (``-sample`` appended when sampled) as a file-name-safe slug (the
+        results folder name), so a BC family's greedy and sampled submissions sit side by side."""
+        raw = f"{self.team}-{self.algorithm}" + ("-sample" if self.act == "sample" else "")
+        return re.sub(r"[^a-z0-9._-]+", "-", raw.lower()).strip("-.") or "submission"
 
     def groups(self) -> dict[tuple[str, str], list[SeedEntry]]:
         """(env, tier) → its seed entries, in seed order."""
@@ -178,9 +190,12 @@ def _seed_entry(env_id: str, tier: str, seed: str, raw: Any, problems: list[Prob
     if not isinstance(training, dict):
         problems.append(Problem(where, "training must be an object", "omit it or give the run's config"))
         training = {}
+    diverged = raw.get("diverged", False)
+    if not isinstance(diverged, bool):
+        problems.append(Problem(where, f"diverged must be true or false, got {diverged!r}", "omit it or give a bool"))
     return SeedEntry(env_id, tier, int(seed), raw["checkpoint"], raw["architecture"],
                      raw["config"] if isinstance(raw["config"], dict) else {"<not an object>": raw["config"]},
-                     metrics if ok_metrics else {}, training)  # fmt: skip
+                     metrics if ok_metrics else {}, training, diverged is True)  # fmt: skip
 
 
 def _entries(results: Any, problems: list[Problem]) -> list[SeedEntry]:
@@ -207,6 +222,20 @@ def _entries(results: Any, problems: list[Problem]) -> list[SeedEntry]:
                 if (entry := _seed_entry(str(env_id), str(tier), str(seed), raw, problems)) is not None:
                     entries.append(entry)
     return entries
+
+
+def _act(raw: dict[str, Any], algorithm: str, problems: list[Problem]) -> str:
+    """The submission's act mode (default greedy); ``sample`` only for the BC family (protocol v2)."""
+    act = raw.get("act", "greedy")
+    if act not in ACT_MODES:
+        problems.append(Problem(SUBMISSION_FILE, f"act must be one of {', '.join(ACT_MODES)}, got {act!r}",
+                                "omit it (greedy) or set it to sample for a BC-family policy"))  # fmt: skip
+        return "greedy"
+    if act == "sample" and algorithm not in SAMPLING_ALGOS:
+        family = ", ".join(sorted(SAMPLING_ALGOS))
+        what = f"act 'sample' is for the BC family ({family}), not {algorithm!r}: value-based learners act greedily"
+        problems.append(Problem(SUBMISSION_FILE, f"{what} under protocol v{PROTOCOL_VERSION}", 'set "act": "greedy"'))
+    return str(act)
 
 
 def load_submission(root: Path) -> tuple[Submission | None, list[Problem]]:
@@ -238,7 +267,13 @@ def load_submission(root: Path) -> tuple[Submission | None, list[Problem]]:
     dataset, problem = DatasetIdentity.from_dict(raw.get("dataset"))
     if problem is not None:
         problems.append(Problem(SUBMISSION_FILE, problem))
+    act, protocol = _act(raw, algorithm, problems), raw.get("protocol", 1)
+    if isinstance(protocol, bool) or protocol not in range(1, PROTOCOL_VERSION + 1):
+        problems.append(Problem(SUBMISSION_FILE, f"protocol must be an int in 1..{PROTOCOL_VERSION}, got {protocol!r}",
+                                f"set it to {PROTOCOL_VERSION} for metrics from `llmca evaluate`"))  # fmt: skip
+        protocol = 1
     entries = _entries(raw.get("results"), problems)
     if dataset is None:
         return None, problems
-    return Submission(root, team, algorithm, code_url, dataset, entries, hashlib.sha256(data).hexdigest()), problems
+    digest = hashlib.sha256(data).hexdigest()
+    return Submission(root, team, algorithm, code_url, dataset, entries, digest, act, int(protocol)), problems

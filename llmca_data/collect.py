@@ -19,11 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import multiprocessing
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -174,6 +175,41 @@ def collect(root: Path, config: CollectConfig, progress: Progress | None = None)
                         progress(done, config.episodes)
         files, new_steps, new_eps = _commit(root, manifest, spec, config, stage, set(seeds) - committed)
     return CollectResult(config.env_id, config.tier, new_eps, new_steps, skipped, files, time.perf_counter() - started)
+
+
+def collect_transitions(
+    root: Path, config: CollectConfig, transitions: int, progress: Progress | None = None, max_rounds: int = 10
+) -> CollectResult:
+    """Collect episodes of ``config``'s env and tier until that tier holds ``transitions`` steps.
+
+    Episodes are played in rounds from the same seed sequence as ``collect`` (``config.episodes``
+    is the first round's size): after each round the mean episode length of the tier sets how
+    many more to ask for (10% to spare), so the data is the first K episodes of the seed
+    sequence for a K at most ~10% above the least that reaches the target. Resumable like
+    ``collect``. Returns the rounds' totals.
+
+    Raises:
+        ValueError: ``transitions`` < 1, or the target not reached in ``max_rounds`` rounds.
+    """
+    if transitions < 1:
+        raise ValueError(f"transitions must be >= 1, got {transitions}")
+    started = time.perf_counter()
+    episodes, new_eps, new_steps, skipped = config.episodes, 0, 0, 0
+    files: list[str] = []
+    for _ in range(max_rounds):
+        result = collect(root, replace(config, episodes=episodes), progress)
+        new_eps, new_steps, files = new_eps + result.new_episodes, new_steps + result.new_steps, files + result.files
+        skipped = max(skipped, result.skipped_episodes)
+        lengths = _committed(root, Manifest.load(root), config.env_id, config.tier, "length")
+        have = int(lengths.sum())
+        if have >= transitions:
+            return CollectResult(config.env_id, config.tier, new_eps, new_steps, skipped, files,
+                                 time.perf_counter() - started)  # fmt: skip
+        episodes += max(1, math.ceil(1.1 * (transitions - have) / max(1.0, float(lengths.mean()))))
+    raise ValueError(
+        f"{config.env_id} {config.tier}: {have} of {transitions} transitions after {max_rounds} rounds; "
+        "ask for fewer transitions or more episodes per round"
+    )
 
 
 def _commit(

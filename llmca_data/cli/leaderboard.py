@@ -16,7 +16,7 @@ from llmca_data.cli.progress import progress_bar
 if TYPE_CHECKING:
     from llmca_data.leaderboard.submission import DatasetIdentity, SubmissionError
 
-leaderboard_app = typer.Typer(
+leaderboard_app: typer.Typer = typer.Typer(
     help="Validate submissions safely, re-evaluate them, and render the leaderboard from verified results.",
     no_args_is_help=True,
     add_completion=False,
@@ -63,12 +63,17 @@ def validate_cmd(
 def evaluate_cmd(
     submission: Path = typer.Argument(..., help="Submission directory."),
     out: Path = typer.Option(..., "--out", help="Results directory (one folder per submission)."),
-    episodes: int = typer.Option(20, "--episodes", min=1, help="Evaluation episodes per seed (fixed eval seeds)."),
+    episodes: int = typer.Option(
+        100, "--episodes", min=1, help="Evaluation episodes per seed (fixed eval seeds; protocol v2: >= 100)."
+    ),
     dataset: str = typer.Option(None, "--dataset", help=DATASET_HELP),
     revision: str = typer.Option(None, "--revision", help="Revision of a Hub --dataset (default main)."),
     device: str = typer.Option("cpu", "--device", help="cpu | cuda"),
 ) -> None:
-    """Validate, rebuild each policy from package code, re-run evaluation and store verified results."""
+    """Validate, rebuild each policy from package code, re-run evaluation and store verified results.
+
+    Each policy acts as its submission says (greedy, or sampled for the BC family).
+    """
     import json
 
     from llmca_data.leaderboard.evaluate import LeaderboardEvalConfig, evaluate_submission
@@ -87,7 +92,9 @@ def evaluate_cmd(
             scores = [s["verified"]["normalized_score"] for s in seeds.values()]
             shown = "—" if None in scores else f"{sum(scores) / len(scores):.2f}"
             flags = sum(len(s["flags"]) for s in seeds.values())
-            console.print(f"{env_id}/{tier}: {len(seeds)} seeds, mean normalised score {shown}, {flags} flag(s)")
+            frozen = sum(s["verified"]["frozen_episodes"] for s in seeds.values())
+            console.print(f"{env_id}/{tier} ({body['submission']['act']}): {len(seeds)} seeds, mean normalised score "
+                          f"{shown}, {frozen} frozen episode(s), {flags} flag(s)")  # fmt: skip
             for s in seeds.values():
                 for flag in s["flags"]:
                     err_console.print(f"[yellow]flag[/yellow] {s['checkpoint']}: {flag}", highlight=False)

@@ -63,6 +63,8 @@ class PipelineConfig:
     train_seeds: int = 5
     train_steps: int = 1000
     eval_episodes: int = 20
+    eval_act: str = "greedy"
+    """Act mode of every evaluation (``greedy`` | ``sample``; sample: BC-family arms only)."""
     seed: int = 0
     workers: int = 2
 
@@ -215,6 +217,7 @@ def _train_baselines(dataset: Path, runs: Path, config: PipelineConfig) -> list[
         seeds=tuple(range(config.train_seeds)),
         steps=config.train_steps,
         eval_episodes=config.eval_episodes,
+        act=config.eval_act,
     )
     with progress_bar(f"train + evaluate on {config.train_env}", "runs") as update:
         rows: list[dict[str, object]] = run_grid(dataset, config.train_env, config.train_tiers, runs, grid, update)
@@ -253,7 +256,7 @@ def _leaderboard(dataset: Path, out: Path, runs: list[dict[str, object]], config
             sub = make_submission(
                 [Path(str(r["run_dir"])) for r in runs if r["arm"] == arm], out / "leaderboard" / "submissions" / arm,
                 team="llmca-data baselines", algorithm=arm, code_url="https://github.com/llmca/llmca-data",
-                dataset=identity,
+                dataset=identity, act=config.eval_act,
             )  # fmt: skip
             evaluate_submission(sub, results, LeaderboardEvalConfig(episodes=config.eval_episodes), identity)
     page = render(results, out / "leaderboard")

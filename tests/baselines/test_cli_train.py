@@ -15,7 +15,7 @@ from llmca_data.annotation.critic import make_critic
 CLI = [sys.executable, "-c", "from llmca_data.cli import main; main()"]
 
 
-@pytest.mark.parametrize("algo", ["iql-cql", "d3rlpy-bc"])
+@pytest.mark.parametrize("algo", ["iql-cql", "d3rlpy-cql"])
 def test_train_then_evaluate(lbf_dataset: Path, tmp_path: Path, algo: str) -> None:
     annotate(lbf_dataset, make_critic("shapley"))
     run_dir = tmp_path / algo
@@ -35,4 +35,16 @@ def test_train_then_evaluate(lbf_dataset: Path, tmp_path: Path, algo: str) -> No
 def test_unknown_algorithm_names_the_valid_ones(tmp_path: Path) -> None:
     args = ["train", "qmix", "--dataset", str(tmp_path), "--env", "lbf-8x8-2p-2f", "--out", str(tmp_path / "r")]
     proc = subprocess.run([*CLI, *args], capture_output=True, text=True)
-    assert proc.returncode == 2 and "bc, iql-cql, vdn-cql" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "bc, filtered-bc, iql-cql, vdn-cql" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_refused_reward_and_config_keys_are_clear_errors(lbf_dataset: Path, tmp_path: Path) -> None:
+    base = ["--dataset", str(lbf_dataset), "--env", "lbf-8x8-2p-2f", "--out", str(tmp_path / "r"), "--steps", "5"]
+    proc = subprocess.run([*CLI, "train", "vdn-cql", *base, "--reward", "env"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "drop --reward env" in proc.stderr and "Traceback" not in proc.stderr
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"cql_alpha": 0.1, "gama": 0.9}))
+    proc = subprocess.run([*CLI, "train", "iql-cql", *base, "--config", str(config)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown config key 'gama'" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()  # refused before anything was written

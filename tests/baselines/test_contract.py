@@ -1,4 +1,5 @@
-"""Contract and learning tests of the torch baselines ``bc``, ``iql-cql``, ``vdn-cql`` and ``qmix-cql``."""
+"""Contract and learning tests of the torch baselines (``bc``, ``filtered-bc``, ``iql-cql``, ``vdn-cql``,
+``qmix-cql``); ``test_registry.py`` holds the contract every registered algorithm meets."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from llmca_data.baselines.bc import BCConfig, fit_bc, train_bc
+from llmca_data.baselines.bc import BCConfig, FilteredBCConfig, fit_bc, train_bc
 from llmca_data.baselines.iql_cql import IQLCQLConfig, fit_iql_cql, td_targets, train_iql_cql
 from llmca_data.baselines.networks import AgentNet, masked_argmax
 from llmca_data.baselines.policy import RUN_CONFIG, RUN_METRICS, RUN_WEIGHTS, DecentralisedPolicy, load_policy
@@ -31,6 +32,7 @@ SMALL = {"steps": 20, "batch_size": 32, "hidden": (32,), "eval_every": 5, "devic
 
 TRAINERS: dict[str, tuple[Callable[..., Path], Callable[..., Any], type[TrainConfig], dict[str, Any]]] = {
     "bc": (train_bc, fit_bc, BCConfig, {}),
+    "filtered-bc": (train_bc, fit_bc, FilteredBCConfig, {"top_fraction": 0.5}),
     "iql-cql": (train_iql_cql, fit_iql_cql, IQLCQLConfig, {"reward": "env"}),
     "vdn-cql": (train_vdn_cql, fit_vdn_cql, VDNCQLConfig, {}),
     "qmix-cql": (train_qmix_cql, fit_qmix_cql, QMIXCQLConfig, {}),

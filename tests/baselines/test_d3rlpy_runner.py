@@ -11,9 +11,14 @@ import torch
 
 from llmca_data.baselines.d3rlpy_runner import (
     CONFIG_CLASSES,
+    CONFIGS,
+    D3rlpyBCConfig,
+    D3rlpyBCQConfig,
+    D3rlpyCQLConfig,
     D3rlpyPolicy,
     agent_tensors,
     fit_agents,
+    make_d3rlpy_config,
     save_d3rlpy_run,
     train_d3rlpy,
 )
@@ -43,9 +48,8 @@ def test_train_save_load_roundtrip(
     monkeypatch.chdir(tmp_path)
     ds = OfflineDataset.open(lbf_dataset_master, ENV, ["expert"])
     calls: list[tuple[int, int]] = []
-    algos, rows = fit_agents(
-        algo_id, ds, steps=30, seed=1, batch_size=16, hidden_units=(32,), progress=lambda s, t: calls.append((s, t))
-    )
+    config = CONFIGS[algo_id](steps=30, seed=1, batch_size=16, hidden=(32,), device="cpu")
+    algos, rows = fit_agents(config, ds, progress=lambda s, t: calls.append((s, t)))
     assert len(algos) == 2 and [r["agent"] for r in rows] == [0, 1]
     assert calls == [(30, 60), (60, 60)]
     run = tmp_path / "run"
@@ -79,7 +83,7 @@ def test_mask_forces_best_legal_action(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     ds = OfflineDataset.open(lbf_dataset_master, ENV, ["expert"])
-    algos, _ = fit_agents("d3rlpy-cql", ds, steps=10, batch_size=16, hidden_units=(16,))
+    algos, _ = fit_agents(D3rlpyCQLConfig(steps=10, batch_size=16, hidden=(16,), device="cpu"), ds)
     policy = D3rlpyPolicy("d3rlpy-cql", algos)
     obs = _real_obs(lbf_dataset_master)[0][0]  # [2, D]
     for i in range(2):
@@ -94,9 +98,8 @@ def test_train_d3rlpy_and_evaluate_run(
     lbf_dataset_master: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    run = train_d3rlpy(
-        "d3rlpy-bcq", lbf_dataset_master, ENV, ["expert"], tmp_path / "bcq", steps=20, batch_size=16, hidden_units=(32,)
-    )
+    config = D3rlpyBCQConfig(steps=20, batch_size=16, hidden=(32,), device="cpu")
+    run = train_d3rlpy(lbf_dataset_master, ENV, ["expert"], tmp_path / "bcq", config)
     names = sorted(p.name for p in run.rglob("*"))
     assert names == [RUN_CONFIG, RUN_METRICS, RUN_WEIGHTS]
     assert not any(p.suffix in {".pkl", ".pickle", ".pt", ".d3"} for p in tmp_path.rglob("*"))
@@ -114,7 +117,7 @@ def test_bad_weights_are_refused(lbf_dataset_master: Path, tmp_path: Path, monke
     from safetensors.torch import load_file, save_file
 
     monkeypatch.chdir(tmp_path)
-    run = train_d3rlpy("d3rlpy-bc", lbf_dataset_master, ENV, "expert", tmp_path / "bc", steps=5, hidden_units=(8,))
+    run = train_d3rlpy(lbf_dataset_master, ENV, "expert", tmp_path / "bc", D3rlpyBCConfig(steps=5, hidden=(8,)))
     tensors = load_file(str(run / RUN_WEIGHTS))
     save_file({**tensors, "agent9.extra": torch.zeros(1)}, str(run / RUN_WEIGHTS))
     with pytest.raises(RunError, match="unexpected"):
@@ -122,8 +125,6 @@ def test_bad_weights_are_refused(lbf_dataset_master: Path, tmp_path: Path, monke
     save_file({k: v for k, v in tensors.items() if not k.startswith("agent1.")}, str(run / RUN_WEIGHTS))
     with pytest.raises(RunError, match="agent 1"):
         load_policy(run)
-    with pytest.raises(ValueError, match="unknown d3rlpy"):
-        fit_agents("d3rlpy-sac", OfflineDataset.open(lbf_dataset_master, ENV, "expert"), steps=1)
 
 
 def test_bcq_falls_back_to_best_legal_q_and_is_seeded(
@@ -131,8 +132,9 @@ def test_bcq_falls_back_to_best_legal_q_and_is_seeded(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     ds = OfflineDataset.open(lbf_dataset_master, ENV, ["expert"])
-    algos, _ = fit_agents("d3rlpy-bcq", ds, steps=10, seed=3, batch_size=16, hidden_units=(16,))
-    again, _ = fit_agents("d3rlpy-bcq", ds, steps=10, seed=3, batch_size=16, hidden_units=(16,))
+    config = D3rlpyBCQConfig(steps=10, seed=3, batch_size=16, hidden=(16,), device="cpu")
+    algos, _ = fit_agents(config, ds)
+    again, _ = fit_agents(config, ds)
     first, second = agent_tensors(algos), agent_tensors(again)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     policy = D3rlpyPolicy("d3rlpy-bcq", algos)
@@ -148,3 +150,24 @@ def test_bcq_falls_back_to_best_legal_q_and_is_seeded(
             q = algos[i].impl._q_func_forwarder.compute_expected_q(torch.tensor(obs[i : i + 1]))[0].numpy()
         q[int(score.argmax())] = -np.inf
         assert policy.act(obs, mask)[i] == int(q.argmax())
+
+
+def test_our_settings_reach_d3rlpy() -> None:
+    """Every setting of our config arrives in the d3rlpy config that builds the learners."""
+    cql = make_d3rlpy_config(D3rlpyCQLConfig(lr=1e-3, batch_size=64, hidden=(48, 24), gamma=0.9, cql_alpha=0.25,
+                                             target_period=150, reward_scale=10.0))  # fmt: skip
+    assert (cql.learning_rate, cql.batch_size, cql.gamma, cql.alpha, cql.target_update_interval) == (
+        1e-3, 64, 0.9, 0.25, 150)  # fmt: skip
+    assert cql.encoder_factory.hidden_units == [48, 24] and cql.reward_scaler.multiplier == 10.0
+    bcq = make_d3rlpy_config(D3rlpyBCQConfig(lr=2e-4, target_period=300, action_flexibility=0.5))
+    assert (bcq.learning_rate, bcq.target_update_interval, bcq.action_flexibility) == (2e-4, 300, 0.5)
+    assert bcq.reward_scaler is None  # scale 1: no scaler
+    bc = make_d3rlpy_config(D3rlpyBCConfig(lr=5e-4, batch_size=32))
+    assert (bc.learning_rate, bc.batch_size) == (5e-4, 32)
+    # defaults match our own baselines', not d3rlpy's (6.25e-5 and a target copy every 8000 steps)
+    ours = D3rlpyCQLConfig()
+    from llmca_data.baselines.iql_cql import IQLCQLConfig
+
+    theirs = IQLCQLConfig()
+    assert (ours.lr, ours.batch_size, ours.hidden, ours.gamma, ours.cql_alpha, ours.target_period) == (
+        theirs.lr, theirs.batch_size, theirs.hidden, theirs.gamma, theirs.cql_alpha, theirs.target_period)  # fmt: skip

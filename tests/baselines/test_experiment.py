@@ -70,6 +70,6 @@ def test_summarize_gives_mean_and_std_over_seeds() -> None:
 
 
 def test_arm_names() -> None:
-    assert Arm("bc", "credit_shapley").name == "bc"  # BC ignores rewards
+    assert Arm("bc").name == "bc" and Arm("d3rlpy-cql", "env").name == "d3rlpy-cql+env"
     assert Arm("vdn-cql").name == "vdn-cql"
     assert Arm("iql-cql", "credit_llm_taca", "llm-taca").name == "iql-cql+credit_llm_taca+task"

@@ -28,6 +28,10 @@ KEYS = {
     "returns",
     "costs",
     "successes",
+    "protocol",
+    "act",
+    "frozen_episodes",
+    "frozen",
 }
 
 
@@ -73,6 +77,9 @@ def test_eval_config_validates() -> None:
         EvalConfig(seed_offset=-1)
     with pytest.raises(ValueError, match="epsilon"):
         EvalConfig(epsilon=1.5)
+    with pytest.raises(ValueError, match="act mode"):
+        EvalConfig(act="argmax")  # type: ignore[arg-type]
+    assert EvalConfig().episodes == 100 and EvalConfig().act == "greedy"  # protocol v2 defaults
 
 
 class StandStill:
@@ -95,6 +102,7 @@ def test_epsilon_mixes_in_seeded_random_legal_actions_and_reset_is_called() -> N
     still = StandStill()
     greedy = evaluate_policy(still, ENV, {}, EvalConfig(episodes=6))
     assert greedy["mean_return"] == 0.0 and still.resets == 6  # reset before every episode
+    assert greedy["frozen_episodes"] == 6  # standing still freezes every episode
     noisy = evaluate_policy(StandStill(), ENV, {}, EvalConfig(episodes=6, epsilon=1.0))
     assert noisy["illegal_actions"] == 0 and noisy["mean_return"] > 0  # ε = 1 plays random legal actions
     assert evaluate_policy(StandStill(), ENV, {}, EvalConfig(episodes=6, epsilon=1.0)) == noisy  # reproducible
@@ -126,7 +134,8 @@ def test_evaluate_run_writes_eval_json(tmp_path: Path, monkeypatch: pytest.Monke
     written = json.loads((run / RUN_EVAL).read_text())
     assert written == out
     assert written["algo"] == "test-random"
-    assert written["eval_config"] == {"episodes": 2, "seed_offset": 0, "epsilon": 0.0}
+    assert written["eval_config"] == {"episodes": 2, "seed_offset": 0, "epsilon": 0.0, "act": "greedy"}
+    assert written["diverged"] is False  # no metrics.jsonl
     assert set(written) >= KEYS
     assert out["returns"] == evaluate_policy(RandomPolicy(2, seed=7), ENV, {}, EvalConfig(episodes=2))["returns"]
     assert not list(run.glob(".*.tmp"))

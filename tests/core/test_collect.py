@@ -95,3 +95,18 @@ def test_uncommitted_shards_are_moved_aside_not_deleted(lbf_dataset: Path) -> No
         b"left by a killed writer"
     ]
     assert validate(lbf_dataset).ok
+
+
+def test_collect_transitions_reaches_the_target_with_the_fewest_episodes(tmp_path: Path) -> None:
+    from llmca_data.collect import collect_transitions
+    from llmca_data.loaders import OfflineDataset
+
+    root = tmp_path / "ds"
+    result = collect_transitions(root, CollectConfig("lbf-8x8-2p-2f", "expert", 4, seed=5), transitions=150)
+    episodes = OfflineDataset.open(root, "lbf-8x8-2p-2f", ["expert"]).episodes()
+    lengths = episodes.sort("episode_id")["length"].to_numpy()
+    assert lengths.sum() >= 150 and result.new_steps == lengths.sum() and result.new_episodes == len(lengths)
+    # the same seed sequence as `collect`: a plain collect of that many episodes adds nothing
+    again = collect(root, CollectConfig("lbf-8x8-2p-2f", "expert", len(lengths), seed=5))
+    assert again.new_episodes == 0 and again.skipped_episodes == len(lengths)
+    assert collect_transitions(root, CollectConfig("lbf-8x8-2p-2f", "expert", 4, seed=5), 150).new_episodes == 0

@@ -39,7 +39,7 @@ def test_evaluate_then_render(make_sub: Callable[..., Path], lbf_dataset_master:
         args = ["evaluate", str(sub), "--out", str(results), "--episodes", "2", "--dataset", str(lbf_dataset_master)]
         done = runner.invoke(leaderboard_app, args)
         assert done.exit_code == 0, done.output
-        assert f"{ENV}/expert: 5 seeds" in done.output and "verified results" in done.output
+        assert f"{ENV}/expert (greedy): 5 seeds" in done.output and "verified results" in done.output
     assert sorted(p.parent.name for p in results.glob("*/results.json")) == ["llmca-bc", "llmca-my-algo"]
 
     site = tmp_path / "site"

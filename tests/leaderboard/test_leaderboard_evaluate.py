@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from llmca_data import SCHEMA_VERSION, __version__
-from llmca_data.baselines.evaluate import EvalConfig, evaluate_run
+from llmca_data.baselines.evaluate import PROTOCOL_VERSION, EvalConfig, evaluate_run
 from llmca_data.leaderboard.assemble import AssembleError, make_submission
 from llmca_data.leaderboard.evaluate import LeaderboardEvalConfig, disagreements, evaluate_submission
 from llmca_data.leaderboard.submission import DatasetIdentity, SubmissionError
@@ -35,10 +35,12 @@ def test_verified_numbers_equal_evaluate_run(
         reference = evaluate_run(run, EvalConfig(episodes=EPISODES))  # what `llmca evaluate RUN` computes
         seed = str(json.loads((run / "config.json").read_text())["seed"])
         verified = seeds[seed]["verified"]
-        assert verified == {k: v for k, v in reference.items() if k not in ("algo", "eval_config")}
+        assert verified == {k: v for k, v in reference.items() if k not in ("algo", "eval_config", "diverged")}
+        assert seeds[seed]["diverged"] is reference["diverged"] is False
     provenance = body["provenance"]
     assert provenance["package_version"] == __version__ and provenance["schema_version"] == SCHEMA_VERSION
     assert provenance["eval_config"]["episodes"] == EPISODES and provenance["dataset"] == identity.to_dict()
+    assert provenance["protocol"] == PROTOCOL_VERSION and body["submission"]["act"] == "greedy"
     assert body["submission"]["team"] == "llmca" and (path.parent / "submission.json").is_file()
 
 

@@ -1,0 +1,220 @@
+"""The algorithm registry: one contract for every registered algorithm, strict configs, refused
+reward sources, the divergence guard, return filtering and the leaderboard's allowlist."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from llmca_data.baselines.bc import FilteredBCConfig, top_episodes
+from llmca_data.baselines.iql_cql import IQLCQLConfig, fit_iql_cql
+from llmca_data.baselines.policy import RUN_CONFIG, RUN_METRICS, RUN_WEIGHTS, load_policy
+from llmca_data.baselines.q_learning import DIVERGENCE_FACTOR, q_bound
+from llmca_data.baselines.registry import ALGORITHMS, OFFLINE_ALGOS, UnknownAlgorithmError, get_algorithm
+from llmca_data.baselines.train import load_overrides, make_config, train
+from llmca_data.config import ConfigError
+from llmca_data.loaders import OfflineDataset
+
+torch.set_num_threads(1)
+ENV = "lbf-8x8-2p-2f"
+
+
+def _small(algo: str) -> dict[str, Any]:
+    settings: dict[str, Any] = {"steps": 20, "batch_size": 32, "hidden": [32], "seed": 3, "device": "cpu"}
+    if "eval_every" in get_algorithm(algo).config_class().field_names():
+        settings |= {"eval_every": 10, "eval_episodes": 0}
+    return settings
+
+
+@pytest.mark.parametrize("algo", OFFLINE_ALGOS)
+def test_every_registered_algorithm_meets_the_contract(
+    algo: str, lbf_dataset_master: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # d3rlpy must not leave logs behind
+    spec = get_algorithm(algo)
+    reward = "env" if spec.rewards else "team"
+    run = train(algo, lbf_dataset_master, ENV, ["expert"], tmp_path / "run", reward=reward, overrides=_small(algo))
+    assert sorted(p.name for p in run.iterdir()) == sorted([RUN_CONFIG, RUN_METRICS, RUN_WEIGHTS])
+    assert not (tmp_path / "d3rlpy_logs").exists()
+    body = json.loads((run / RUN_CONFIG).read_text())
+    assert body["algo"] == algo and body["env_id"] == ENV and "package_version" in body
+    # the saved config reads back (leniently, among the run facts) as the config that trained it
+    config = make_config(algo, reward=reward, settings=_small(algo))
+    assert spec.config_class().from_dict(body) == config
+    rows = [json.loads(line) for line in (run / RUN_METRICS).read_text().splitlines()]
+    assert rows and all(np.isfinite(r["loss"]) for r in rows)
+    policy = load_policy(run)
+    assert policy.algo == algo and policy.n_agents == 2
+    tr = OfflineDataset.open(lbf_dataset_master, ENV, ["random"]).transitions()
+    for m in range(0, 40, 7):
+        action = policy.act(tr["obs"][m].numpy(), tr["action_mask"][m].numpy())
+        assert action.dtype == np.int64 and action.shape == (2,)
+        assert tr["action_mask"][m].numpy()[np.arange(2), action].all()
+    if spec.architecture is not None:  # the leaderboard's allowlist reads the registry
+        from llmca_data.leaderboard.architectures import ARCHITECTURES, architecture_for_algo
+
+        assert architecture_for_algo(algo) == spec.architecture and algo in ARCHITECTURES[spec.architecture].algos
+
+
+def test_registry_is_the_one_list() -> None:
+    from llmca_data.baselines.policy import ALGO_MODULES
+    from llmca_data.baselines.train import ALGOS
+
+    assert ALGOS == OFFLINE_ALGOS and set(ALGO_MODULES) == set(ALGORITHMS)
+    assert "ddqn-online" in ALGORITHMS and "ddqn-online" not in OFFLINE_ALGOS
+    with pytest.raises(UnknownAlgorithmError, match="bc, filtered-bc, iql-cql"):
+        get_algorithm("qmix", offline=True)
+    with pytest.raises(UnknownAlgorithmError, match="train-online"):
+        ALGORITHMS["ddqn-online"].train_fn()
+
+
+@pytest.mark.parametrize("algo", [a for a in OFFLINE_ALGOS if not ALGORITHMS[a].rewards])
+def test_reward_source_refused_where_unused(algo: str) -> None:
+    assert make_config(algo, reward="team") is not None  # team, the default, is accepted by all
+    with pytest.raises(ConfigError, match=r"drop --reward credit_shapley.*iql-cql"):
+        make_config(algo, reward="credit_shapley")
+    with pytest.raises(ConfigError, match="drop --reward env"):
+        make_config(algo, settings={"reward": "env"})
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"stepz": 10}, r"unknown config key 'stepz'; allowed: steps, "),
+        ({"steps": -5}, r"'steps' must be in \[1, inf\)"),
+        ({"steps": "10"}, "'steps' must be int"),
+        ({"steps": 2.5}, "'steps' must be int"),
+        ({"hidden": [0]}, r"'hidden' must be in \[1, 4096\]"),
+        ({"hidden": []}, "'hidden' needs at least one value"),
+        ({"hidden": 64}, "'hidden' must be tuple"),
+        ({"gamma": float("nan")}, "'gamma' must be finite"),
+        ({"gamma": 1.5}, r"'gamma' must be in \[0, 1\]"),
+        ({"lr": 0}, r"'lr' must be in \(0, inf\)"),
+        ({"cql_alpha": True}, "'cql_alpha' must be float"),
+        ({"tau": 0.0}, r"'tau' must be in \(0, 1\]"),
+        ({"target_period": 0}, "'target_period'"),
+        ({"reward_scale": -1.0}, "'reward_scale'"),
+        ({"task_input": 3}, "'task_input' must be"),
+    ],
+)
+def test_bad_config_keys_name_the_key(settings: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_config("iql-cql", settings=settings)
+
+
+def test_strict_configs_for_every_family() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'cql_alpha'.*allowed"):
+        make_config("bc", settings={"cql_alpha": 0.1})  # BC has no CQL weight
+    with pytest.raises(ConfigError, match="unknown config key 'eval_every'"):
+        make_config("d3rlpy-cql", settings={"eval_every": 5})
+    with pytest.raises(ConfigError, match="'top_fraction' must be in"):
+        make_config("filtered-bc", settings={"top_fraction": 0.0})
+    with pytest.raises(ConfigError, match="task input"):
+        make_config("vdn-cql", task_input="llm-taca")
+    # a run's own config.json (with run facts) reads leniently
+    assert IQLCQLConfig.from_dict({"algo": "iql-cql", "n_agents": 2, "gamma": 0.5}).gamma == 0.5
+
+
+def test_config_files_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not JSON"):
+        load_overrides(_write(tmp_path / "a.json", "{steps: 1}"))
+    with pytest.raises(ConfigError, match="one JSON object"):
+        load_overrides(_write(tmp_path / "b.json", "[1, 2]"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_overrides(tmp_path / "missing.json")
+    assert load_overrides(_write(tmp_path / "c.json", '{"lr": 0.001}')) == {"lr": 0.001}
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _episodes(rewards: list[list[float]], n_agents: int = 2) -> dict[str, torch.Tensor]:
+    """Transitions of episodes with the given per-step team rewards (every agent gets the team reward)."""
+    ep = torch.cat([torch.full((len(r),), i) for i, r in enumerate(rewards)])
+    reward = torch.tensor([x for r in rewards for x in r]).unsqueeze(1).expand(-1, n_agents).clone()
+    return {"episode_id": ep, "reward": reward}
+
+
+def test_q_bound_is_the_largest_discounted_return_to_go() -> None:
+    data = _episodes([[0.0, 0.0, 1.0], [0.5, 0.0], [0.0, 2.0, 0.0, 0.0]])
+    # returns-to-go at gamma 0.5: ep0 0.25, 0.5, 1; ep1 0.5, 0; ep2 1, 2, 0, 0 → the largest is 2
+    assert q_bound(data, 0.5) == pytest.approx(2.0)
+    assert q_bound(_episodes([[1.0, 1.0, 1.0]]), 0.9) == pytest.approx(1 + 0.9 + 0.81)
+    # the return of one episode never leaks into the previous one
+    assert q_bound(_episodes([[0.0], [3.0]]), 0.99) == pytest.approx(3.0)
+    seq = {"reward": torch.tensor([[[0.0], [1.0], [9.0]]]), "mask": torch.tensor([[True, True, False]])}
+    assert q_bound(seq, 0.5) == pytest.approx(1.0)  # padding (9.0) is not part of any return
+
+
+def _bandit_data(n: int = 128) -> dict[str, torch.Tensor]:
+    """One-step, two-agent episodes; reward 1 whatever is done."""
+    obs = torch.zeros(n, 2, 3)
+    mask = torch.ones(n, 2, 4, dtype=torch.bool)
+    return {
+        "episode_id": torch.arange(n), "obs": obs, "next_obs": obs.clone(),
+        "action": torch.zeros(n, 2, dtype=torch.long),
+        "action_mask": mask, "next_action_mask": mask.clone(), "reward": torch.ones(n, 2),
+        "terminated": torch.zeros(n, dtype=torch.bool), "truncated": torch.ones(n, dtype=torch.bool),
+    }  # fmt: skip
+
+
+def _ended(data: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same steps, each ending its episode by termination (no bootstrapping)."""
+    n = data["terminated"].shape[0]
+    return {**data, "terminated": torch.ones(n, dtype=torch.bool), "truncated": torch.zeros(n, dtype=torch.bool)}
+
+
+def test_divergence_guard_flags_a_constructed_divergence(tmp_path: Path) -> None:
+    """Truncated one-step episodes bootstrap forever: with gamma 0.99 Q heads for 100 while the
+    data's largest return-to-go is 1, so the guard must fire; terminated ones must not."""
+    config = IQLCQLConfig(steps=1500, batch_size=32, lr=1e-2, hidden=(8,), gamma=0.99, cql_alpha=0.0, tau=1.0,
+                          target_period=10, eval_every=100, eval_episodes=0, device="cpu",
+                          val_fraction=0.0)  # fmt: skip
+    run, _ = fit_iql_cql(_bandit_data(), {"env_id": "bandit", "reward": "env"}, tmp_path / "div", config)
+    body = json.loads((run / RUN_CONFIG).read_text())
+    assert body["q_bound"] == pytest.approx(1.0) and body["q_limit"] == pytest.approx(DIVERGENCE_FACTOR)
+    rows = [json.loads(line) for line in (run / RUN_METRICS).read_text().splitlines()]
+    assert all("diverged" in r for r in rows)
+    first = next(i for i, r in enumerate(rows) if r["diverged"])
+    assert rows[first]["q_mean"] > DIVERGENCE_FACTOR and all(r["diverged"] for r in rows[first:])
+
+    ended = _ended(_bandit_data())
+    run, _ = fit_iql_cql(ended, {"env_id": "bandit", "reward": "env"}, tmp_path / "ok", config)
+    rows = [json.loads(line) for line in (run / RUN_METRICS).read_text().splitlines()]
+    assert not any(r["diverged"] for r in rows) and abs(rows[-1]["q_mean"] - 1.0) < 0.2
+
+
+def test_reward_scale_scales_q_and_bound(tmp_path: Path) -> None:
+    ended = _ended(_bandit_data())
+    config = IQLCQLConfig(steps=600, batch_size=32, lr=1e-2, hidden=(8,), cql_alpha=0.0, reward_scale=10.0,
+                          eval_every=100, eval_episodes=0, device="cpu", val_fraction=0.0)  # fmt: skip
+    run, _ = fit_iql_cql(ended, {"env_id": "bandit", "reward": "env"}, tmp_path / "scaled", config)
+    body = json.loads((run / RUN_CONFIG).read_text())
+    rows = [json.loads(line) for line in (run / RUN_METRICS).read_text().splitlines()]
+    assert body["q_bound"] == pytest.approx(10.0) and abs(rows[-1]["q_mean"] - 10.0) < 1.0
+
+
+def test_filtered_bc_keeps_the_best_episodes(lbf_dataset_master: Path, tmp_path: Path) -> None:
+    data = {**_episodes([[0.0, 1.0], [0.0], [0.5, 0.0, 0.0], [1.0], [0.0, 0.0]]), "x": torch.arange(9)}
+    kept, threshold = top_episodes(data, 0.4)  # ceil(0.4 * 5) = 2 episodes: returns 1, 1 (ids 0 and 3)
+    assert torch.equal(torch.unique(kept["episode_id"]), torch.tensor([0, 3])) and threshold == 1.0
+    assert torch.equal(kept["x"], torch.tensor([0, 1, 6]))
+    kept, threshold = top_episodes(data, 0.01)  # at least one episode; ties go to the earlier one
+    assert torch.equal(torch.unique(kept["episode_id"]), torch.tensor([0]))
+
+    settings = {**_small("filtered-bc"), "top_fraction": 0.5}
+    run = train("filtered-bc", lbf_dataset_master, ENV, None, tmp_path / "fbc", overrides=settings)
+    body = json.loads((run / RUN_CONFIG).read_text())
+    assert body["episodes_total"] == 20 and body["kept_episodes"] == 10 and body["top_fraction"] == 0.5
+    episodes = OfflineDataset.open(lbf_dataset_master, ENV).episodes()
+    returns = np.sort(episodes["return_team"].to_numpy())[::-1] if "return_team" in episodes.columns else None
+    if returns is not None:
+        assert body["return_threshold"] == pytest.approx(returns[9])
+    assert FilteredBCConfig.from_dict(body).top_fraction == 0.5

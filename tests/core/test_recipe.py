@@ -1,0 +1,146 @@
+"""Recipes: every key parses, and every unknown key or bad value is an error naming it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmca_data.recipe import BUILTIN, Recipe, RecipeError, load_recipe, parse_recipe
+
+FULL = """
+recipe_version = 1
+name = "mine"
+description = "every key set"
+seed = 3
+workers = 1
+
+[[data]]
+env = "lbf-8x8-2p-2f"
+tiers = ["expert", "medium"]
+transitions = 5000
+
+[[data]]
+env = "lbf-8x8-2p-2f"
+tiers = ["random"]
+episodes = 4
+
+[[data]]
+env = "spaceworld-10x10-3a"
+tiers = ["expert"]
+episodes = 7
+
+[annotate]
+critics = ["shapley"]
+llm_critics = ["llm-mca"]
+llm_envs = ["spaceworld-10x10-3a"]
+llm_tier = "medium"
+llm_episodes = 1
+llm_budget_s = 30.5
+comparisons = [["llm-mca", "shapley"]]
+
+[train]
+envs = ["lbf-8x8-2p-2f"]
+tiers = ["expert", "random"]
+seeds = 2
+steps = 300
+
+[[train.arms]]
+algo = "bc"
+
+[[train.arms]]
+algo = "iql-cql"
+reward = "credit_shapley"
+task_input = "llm-taca"
+config = { cql_alpha = 0.3, hidden = [64] }
+
+[evaluate]
+protocol = 2
+episodes = 120
+"""
+
+
+def test_every_key_parses() -> None:
+    r = parse_recipe(FULL, "full.toml")
+    assert (r.recipe_version, r.name, r.description, r.seed, r.workers) == (1, "mine", "every key set", 3, 1)
+    assert [(d.env, d.tiers, d.episodes, d.transitions) for d in r.data] == [
+        ("lbf-8x8-2p-2f", ("expert", "medium"), None, 5000),
+        ("lbf-8x8-2p-2f", ("random",), 4, None),
+        ("spaceworld-10x10-3a", ("expert",), 7, None),
+    ]
+    a = r.annotate
+    assert (a.critics, a.llm_critics, a.llm_envs, a.llm_tier, a.llm_episodes, a.llm_budget_s) == (
+        ("shapley",), ("llm-mca",), ("spaceworld-10x10-3a",), "medium", 1, 30.5)  # fmt: skip
+    assert a.comparisons == (("llm-mca", "shapley"),)
+    t = r.train
+    assert (t.envs, t.tiers, t.seeds, t.steps) == (("lbf-8x8-2p-2f",), ("expert", "random"), 2, 300)
+    assert t.arms[0].algo == "bc" and t.arms[0].reward == "team" and t.arms[0].config == {}
+    arm = t.arms[1]
+    assert (arm.algo, arm.reward, arm.task_input, arm.config) == (
+        "iql-cql", "credit_shapley", "llm-taca", {"cql_alpha": 0.3, "hidden": [64]})  # fmt: skip
+    assert (r.evaluate.protocol, r.evaluate.episodes) == (2, 120)
+    # the resolved recipe (as pipeline.json records it) reads back to the same recipe
+    assert Recipe.from_dict(_as_json(r.to_dict()), strict=True) == r
+
+
+def _as_json(value: object) -> object:
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize("name", BUILTIN)
+def test_builtin_recipes_parse(name: str) -> None:
+    recipe, text = load_recipe(name)
+    assert recipe.name == name and text.startswith("#")
+    assert recipe.evaluate.protocol == 2 and recipe.evaluate.episodes >= 100
+
+
+def _edit(old: str, new: str) -> str:
+    assert old in FULL
+    return FULL.replace(old, new, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (_edit('name = "mine"', 'nmae = "mine"'), r"unknown config key 'nmae'; allowed: recipe_version, name"),
+        (_edit("transitions = 5000", "transitions = 5000\nepisods = 3"), r"unknown config key 'data\[0\].episods'"),
+        (_edit("episodes = 120", "episodes = 120\nact = 'greedy'"), r"unknown config key 'evaluate.act'"),
+        (_edit('algo = "bc"', 'algo = "bc"\nrewrd = "env"'), r"'train.arms\[0\].rewrd'"),
+        (_edit("seeds = 2", "seeds = 0"), r"'train.seeds' must be in \[1, inf\)"),
+        (_edit("seeds = 2", 'seeds = "2"'), r"'train.seeds' must be int"),
+        (_edit("episodes = 4", "episodes = -4"), r"'data\[1\].episodes' must be in"),
+        (_edit("llm_budget_s = 30.5", "llm_budget_s = nan"), r"'annotate.llm_budget_s' must be finite"),
+        (_edit("protocol = 2", "protocol = 1"), r"'evaluate.protocol' must be in \[2, 2\]"),
+        (
+            _edit('comparisons = [["llm-mca", "shapley"]]', 'comparisons = [["llm-mca"]]'),
+            r"'annotate.comparisons\[0\]'",
+        ),
+        (_edit('env = "spaceworld-10x10-3a"', 'env = "spaceworld-ten"'), r"data\[2\].env: unknown env id"),
+        (_edit('tiers = ["random"]', 'tiers = ["noisy"]'), r"data\[1\].tiers: unknown tier 'noisy'"),
+        (_edit("episodes = 4", "episodes = 4\ntransitions = 10"), r"data\[1\] needs exactly one of"),
+        (_edit('tiers = ["expert", "random"]', 'tiers = ["replay"]'), r"train.tiers \['replay'\] are not collected"),
+        (_edit('envs = ["lbf-8x8-2p-2f"]', 'envs = ["rware-tiny-2ag"]'), r"train.envs\[0\] 'rware-tiny-2ag' is not"),
+        (_edit('llm_envs = ["spaceworld-10x10-3a"]', 'llm_envs = ["rware-tiny-2ag"]'), r"annotate.llm_envs\[0\]"),
+        (_edit("steps = 300", "steps = 300\nold = 1"), r"unknown config key 'train.old'"),
+        (_edit("recipe_version = 1", "recipe_version = 2"), r"recipe_version = 2; this package reads recipe_version"),
+        (FULL.replace("recipe_version = 1", ""), r"recipe_version = None"),
+        (_edit("[train]", "[train"), "is not valid TOML"),
+    ],
+)
+def test_bad_recipes_name_the_key(text: str, message: str) -> None:
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(text, "bad.toml")
+
+
+def test_unknown_recipe_and_unreadable_file(tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match=r"unknown recipe 'quik': use a built-in one \(quick, benchmark\)"):
+        load_recipe("quik")
+    path = tmp_path / "r.toml"
+    path.write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(RecipeError, match="cannot read the recipe"):
+        load_recipe(path)
+    path.write_text(FULL)
+    recipe, text = load_recipe(path)
+    assert recipe.name == "mine" and text == FULL
