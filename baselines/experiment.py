@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from .evaluate import PROTOCOL_VERSION, EvalConfig, as_act, evaluate_run
+from .evaluate import PROTOCOL_VERSION, EvalConfig, evaluate_run
 from .policy import RUN_CONFIG, RUN_EVAL
-from .train import train
+from .registry import Act, get_algorithm
+from .train import make_config, train
 
 GridProgress = Callable[[int, int, str], None]
 """``progress(runs_done, runs_total, status)``; status names the run in progress."""
@@ -46,12 +47,17 @@ class Arm:
     """Reward source of the independent learners (``team``, ``env``, ``credit_<critic>``)."""
     task_input: str | None = None
     """LLM-TACA task critic for ``iql-cql`` (``llm-taca``), or None."""
+    act: Act = "greedy"
+    """Act mode of the final evaluation (``sample``: BC family only; protocol v2 reports BC both ways,
+    as two arms)."""
+    config: tuple[tuple[str, Any], ...] = ()
+    """Config fields of this arm's algorithm (over the grid's ``overrides``)."""
 
     @property
     def name(self) -> str:
-        """``bc``, ``iql-cql``, ``iql-cql+credit_shapley``, ``iql-cql+credit_llm_taca+task`` …"""
+        """``bc``, ``bc@sample``, ``iql-cql+credit_shapley``, ``iql-cql+credit_llm_taca+task`` …"""
         reward = "" if self.reward == "team" else f"+{self.reward}"
-        return self.algo + reward + ("+task" if self.task_input else "")
+        return self.algo + reward + ("+task" if self.task_input else "") + ("@sample" if self.act == "sample" else "")
 
 
 @dataclass(frozen=True)
@@ -64,8 +70,6 @@ class GridConfig:
     """Gradient steps of every run."""
     eval_episodes: int = 20
     """Final evaluation episodes per run (evaluation seeds disjoint from data seeds)."""
-    act: str = "greedy"
-    """Act mode of the final evaluation (``greedy`` | ``sample``; sample: BC family only)."""
     device: str = "auto"
     overrides: tuple[tuple[str, Any], ...] = field(default=(("eval_episodes", 0),))
     """Config fields set on every run (default: no periodic evaluation, only the final one)."""
@@ -79,7 +83,12 @@ def run_grid(
     config: GridConfig,
     progress: GridProgress | None = None,
 ) -> list[dict[str, Any]]:
-    """Train and evaluate every arm × seed; returns one row per run (see ``_row``)."""
+    """Train and evaluate every arm × seed; returns one row per run (see ``_row``).
+
+    Every arm's settings are checked first (``make_config``), so a bad arm fails before any run.
+    """
+    for arm in config.arms:
+        make_config(arm.algo, reward=arm.reward, task_input=arm.task_input, settings=_settings(arm, config, 0))
     rows: list[dict[str, Any]] = []
     total = len(config.arms) * len(config.seeds)
     for arm in config.arms:
@@ -90,10 +99,10 @@ def run_grid(
             previous = _reuse(run_dir, env_id, arm, config, seed)
             if previous is None:
                 result = _train_and_evaluate(dataset, env_id, tiers, run_dir, arm, seed, config)
-            elif _same_evaluation(previous, config):
+            elif _same_evaluation(previous, arm, config):
                 result = previous
             else:  # trained with these settings, evaluated otherwise (episodes, act, protocol)
-                result = _evaluate(run_dir, config)
+                result = _evaluate(run_dir, arm, config)
             rows.append(_row(env_id, arm, seed, run_dir, result))
     if progress is not None:
         progress(total, total, "")
@@ -109,22 +118,30 @@ def _train_and_evaluate(
     seed: int,
     config: GridConfig,
 ) -> dict[str, Any]:
-    train(arm.algo, dataset, env_id, tiers, run_dir, reward=arm.reward, steps=config.steps, seed=seed,
-          device=config.device, task_input=arm.task_input, overrides=dict(config.overrides))  # fmt: skip
-    return _evaluate(run_dir, config)
+    train(arm.algo, dataset, env_id, tiers, run_dir, reward=arm.reward, task_input=arm.task_input,
+          overrides=_settings(arm, config, seed))  # fmt: skip
+    return _evaluate(run_dir, arm, config)
 
 
-def _evaluate(run_dir: Path, config: GridConfig) -> dict[str, Any]:
-    return evaluate_run(run_dir, EvalConfig(episodes=config.eval_episodes, act=as_act(config.act)))
+def _settings(arm: Arm, config: GridConfig, seed: int) -> dict[str, Any]:
+    """Config fields of one run: steps, seed and device, the grid's overrides where the algorithm has
+    them, then the arm's own ``config``."""
+    fields = get_algorithm(arm.algo).config_class().field_names()
+    shared = {k: v for k, v in config.overrides if k in fields}
+    return {"steps": config.steps, "seed": seed, "device": config.device, **shared, **dict(arm.config)}
 
 
-def _same_evaluation(result: dict[str, Any], config: GridConfig) -> bool:
+def _evaluate(run_dir: Path, arm: Arm, config: GridConfig) -> dict[str, Any]:
+    return evaluate_run(run_dir, EvalConfig(episodes=config.eval_episodes, act=arm.act))
+
+
+def _same_evaluation(result: dict[str, Any], arm: Arm, config: GridConfig) -> bool:
     """Whether ``result`` (an ``eval.json``) used the grid's episodes, act mode and protocol.
 
     Results written before protocol v2 have no ``act`` (greedy) and no ``protocol`` (1).
     """
     done = (result.get("episodes"), result.get("act", "greedy"), result.get("protocol", 1))
-    return done == (config.eval_episodes, config.act, PROTOCOL_VERSION)
+    return done == (config.eval_episodes, arm.act, PROTOCOL_VERSION)
 
 
 def _reuse(run_dir: Path, env_id: str, arm: Arm, config: GridConfig, seed: int) -> dict[str, Any] | None:
@@ -136,7 +153,8 @@ def _reuse(run_dir: Path, env_id: str, arm: Arm, config: GridConfig, seed: int) 
     except (OSError, ValueError):
         return None
     wanted = {"env_id": env_id, "algo": arm.algo, "reward": arm.reward, "task_input": arm.task_input,
-              "steps": config.steps, "seed": seed, **dict(config.overrides)}  # fmt: skip
+              **_settings(arm, config, seed)}  # fmt: skip
+    del wanted["device"]  # where it trained does not change what it learned
     wanted = json.loads(json.dumps(wanted))  # tuples → lists, as config.json holds them
     if body.get("reward", "") is None:  # an algorithm that ignores rewards (bc) stores none
         del wanted["reward"]

@@ -49,10 +49,14 @@ def main() -> None:
     parser.add_argument("--tier", default="medium")
     parser.add_argument("--episodes", type=int, default=600, help="episodes of data (data seed 7)")
     parser.add_argument("--steps", type=int, default=10_000, help="gradient steps per run")
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--val-episodes", type=int, default=100, help="validation rollouts per run")
     parser.add_argument("--alphas", type=float, nargs="+", default=GRID["cql_alpha"])
     parser.add_argument("--gammas", type=float, nargs="+", default=GRID["gamma"])
     parser.add_argument("--scales", type=float, nargs="+", default=GRID["reward_scale"])
+    parser.add_argument("--targets", nargs="+", default=[f"{t}:{p}" for t, p in GRID["target"]],
+                        help="target updates as TAU:PERIOD (1.0:200 copies every 200 steps)")  # fmt: skip
+    parser.add_argument("--reward", default="team", help="reward source of iql-cql (team, env, credit_<critic>)")
     parser.add_argument("--work", type=Path, default=Path("bench-sweep"), help="dataset and run directories")
     parser.add_argument("--out", type=Path, default=None, help="JSON lines of results (default: WORK/sweep.jsonl)")
     args = parser.parse_args()
@@ -61,22 +65,26 @@ def main() -> None:
     collect(dataset, CollectConfig(args.env, args.tier, args.episodes, seed=7, workers=1))
     done = set()
     if out.exists():
-        done = {json.dumps(json.loads(line)["settings"], sort_keys=True) for line in out.read_text().splitlines()}
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+        done = {json.dumps({**r["settings"], "seed": r.get("seed", 0)}, sort_keys=True) for r in rows}
     val = EvalConfig(episodes=args.val_episodes, seed_offset=PERIODIC_EVAL_OFFSET)
-    for alpha, gamma, (tau, period), scale in itertools.product(args.alphas, args.gammas, GRID["target"], args.scales):
+    targets = [(float(t), int(p)) for t, p in (x.split(":") for x in args.targets)]
+    for alpha, gamma, (tau, period), scale in itertools.product(args.alphas, args.gammas, targets, args.scales):
         settings = {"cql_alpha": alpha, "gamma": gamma, "tau": tau, "target_period": period, "reward_scale": scale}
-        key = json.dumps(settings, sort_keys=True)
+        if args.reward != "team":
+            settings["reward"] = args.reward
+        key = json.dumps({**settings, "seed": args.seed}, sort_keys=True)
         if key in done:
             continue
-        run = args.work / "runs" / args.algo / "_".join(f"{k}={v}" for k, v in settings.items())
+        run = args.work / "runs" / args.algo / "_".join(f"{k}={v}" for k, v in settings.items()) / f"seed-{args.seed}"
         t0 = time.perf_counter()
-        train(args.algo, dataset, args.env, [args.tier], run, steps=args.steps, seed=0, device="cpu",
+        train(args.algo, dataset, args.env, [args.tier], run, steps=args.steps, seed=args.seed, device="cpu",
               overrides={**settings, "eval_episodes": 0, "eval_every": 500})  # fmt: skip
         result = evaluate_run(run, val)
         body = json.loads((run / "config.json").read_text())
         last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
         row = {
-            "algo": args.algo, "env_id": args.env, "tier": args.tier, "episodes": args.episodes,
+            "algo": args.algo, "env_id": args.env, "tier": args.tier, "episodes": args.episodes, "seed": args.seed,
             "steps": args.steps, "settings": settings, "val_score": result["normalized_score"],
             "val_return": result["mean_return"], "diverged": result.get("diverged", last.get("diverged")),
             "q_mean": last.get("q_tot_mean", last.get("q_mean")), "q_bound": body["q_bound"],
@@ -87,12 +95,13 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     rows.sort(key=lambda r: -(r["val_score"] or -1e9))
-    print("\n| cql_alpha | gamma | tau | target_period | reward_scale | val score | diverged | mean Q | bound |")
-    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    print("\n| reward | cql_alpha | gamma | tau | target_period | scale | seed | val score | frozen | diverged "
+          "| mean Q | bound |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")  # fmt: skip
     for r in rows:
         s = r["settings"]
-        print(f"| {s['cql_alpha']} | {s['gamma']} | {s['tau']} | {s['target_period']} | {s['reward_scale']} | "
-              f"{r['val_score']:.1f} | {r['diverged']} | {r['q_mean']:.3f} | {r['q_bound']:.3f} |")  # fmt: skip
+        print(f"| {s.get('reward', 'team')} | {s['cql_alpha']} | {s['gamma']} | {s['tau']} | {s['target_period']} | "
+              f"{s['reward_scale']} | {r.get('seed', 0)} | {r['val_score']:.1f} | {r['frozen_episodes']} | "
+              f"{r['diverged']} | {r['q_mean']:.3f} | {r['q_bound']:.3f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -71,3 +71,11 @@ def record_collection(root: Path, spec: EnvSpec, tier: str, policy_ids: list[str
     info.update(schema_version=SCHEMA_VERSION, package_version=__version__, versions=package_versions())
     write_json_atomic(root / INFO_PATH, info)
     return info
+
+
+def record_recipe(root: Path, recipe: dict[str, Any]) -> dict[str, Any]:
+    """Record the resolved recipe that built the dataset in ``meta/info.json`` (atomically)."""
+    info = load_info(root)
+    info["recipe"] = recipe
+    write_json_atomic(root / INFO_PATH, info)
+    return info

@@ -1,25 +1,30 @@
-"""``llmca pipeline``: the main job, end to end on a small default.
+"""``llmca pipeline``: the main job, end to end, as a recipe says.
 
-Input: an output folder. Output, under it: ``dataset/`` (a valid dataset directory in Hub
-layout) and ``pipeline.json`` (the config, versions and every stage's result). Stages so
-far: collect (LBF 8x8, Spaceworld, RWARE tiny; tiers expert, medium, random) → annotate with
-the reference critics (uniform, Shapley, counterfactual, counterfactual-h5) → the LLM
-critics (llm-mca, llm-taca) on a few short episodes with the embedded local model, within a
-time budget → validate → statistics and critic-eval tables → build (the dataset card with
-its ``configs:``) → load back three ways (``datasets.load_dataset``, ``OfflineDataset``,
-d3rlpy) and check they agree → train ``bc``, ``iql-cql`` (team reward) and ``iql-cql`` on
-``credit_shapley``, 5 seeds each, evaluate each in the real env and print them side by side
-(``runs/<arm>/seed-<k>``) → submit each arm to the leaderboard, re-evaluate it as the
-trusted evaluator and print the leaderboard table (``leaderboard/``: ``leaderboard.md``,
-``index.html``, plots).
+Input: a recipe (``--recipe``: the built-in ``quick`` by default, ``benchmark``, or a TOML
+file; see ``llmca_data/recipe.py``) and an output folder. Output, under it: ``dataset/`` (a
+valid dataset directory in Hub layout, whose ``meta/info.json`` records the resolved recipe)
+and ``pipeline.json`` (the resolved recipe, versions and every stage's result). Stages:
+collect (each data entry's envs and tiers, by episodes or target transitions) → annotate with
+the reference critics → the LLM critics on a few short episodes with the embedded local
+model, within a time budget → validate → statistics and critic-eval tables → build (the
+dataset card with its ``configs:``) → load back three ways (``datasets.load_dataset``,
+``OfflineDataset``, d3rlpy) and check they agree → train the recipe's arms × seeds on each
+training env, evaluate each under protocol v2 (the BC family both greedy and sampled) and
+print them side by side (``runs/<env>/<arm>/seed-<k>``) → submit each arm to the
+leaderboard, re-evaluate it as the trusted evaluator and print the leaderboard table
+(``leaderboard/``: ``leaderboard.md``, ``index.html``, plots).
+
+Every recipe key, critic id and arm (algorithm, reward, config) is checked before the first
+stage starts.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -27,98 +32,80 @@ from rich.table import Table
 from llmca_data.cli import app, console, critic_eval_table, err_console
 from llmca_data.cli.progress import progress_bar
 
-
-@dataclass(frozen=True)
-class PipelineConfig:
-    """The embedded defaults of ``llmca pipeline`` (saved to ``pipeline.json``)."""
-
-    envs: tuple[tuple[str, int], ...] = (
-        ("lbf-8x8-2p-2f", 32),
-        ("spaceworld-10x10-3a", 32),
-        ("rware-tiny-2ag", 6),
-    )
-    """(env id, episodes per tier); RWARE episodes are 500 steps, so fewer."""
-    tiers: tuple[str, ...] = ("expert", "medium", "random")
-    critics: tuple[str, ...] = ("uniform", "shapley", "counterfactual", "counterfactual-h5")
-    llm_critics: tuple[str, ...] = ("llm-mca", "llm-taca")
-    llm_envs: tuple[str, ...] = ("lbf-8x8-2p-2f", "spaceworld-10x10-3a")
-    llm_tier: str = "expert"
-    """The tier whose (short) episodes the local LLM annotates."""
-    llm_episodes: int = 2
-    """Episodes per env for each LLM critic (the first ones, in episode-id order)."""
-    llm_budget_s: float = 600.0
-    """No new LLM critic run starts after this many seconds of LLM annotation."""
-    comparisons: tuple[tuple[str, str], ...] = (
-        ("uniform", "shapley"),
-        ("counterfactual", "shapley"),
-        ("llm-mca", "shapley"),
-        ("llm-mca", "counterfactual-h5"),
-        ("llm-taca", "shapley"),
-    )
-    """(critic, reference) pairs scored by critic-eval."""
-    train_env: str = "lbf-8x8-2p-2f"
-    train_tiers: tuple[str, ...] = ("medium",)
-    train_arms: tuple[tuple[str, str], ...] = (("bc", "team"), ("iql-cql", "team"), ("iql-cql", "credit_shapley"))
-    """(algorithm, reward) pairs trained on ``train_env``'s ``train_tiers``."""
-    train_seeds: int = 5
-    train_steps: int = 1000
-    eval_episodes: int = 20
-    eval_act: str = "greedy"
-    """Act mode of every evaluation (``greedy`` | ``sample``; sample: BC-family arms only)."""
-    seed: int = 0
-    workers: int = 2
+if TYPE_CHECKING:
+    from llmca_data.baselines.experiment import Arm
+    from llmca_data.recipe import AnnotateSpec, Recipe
 
 
 @app.command("pipeline")
 def pipeline_cmd(
     out: Path = typer.Option(Path("llmca-output"), "--out", help="Folder for everything the pipeline writes."),
-    workers: int = typer.Option(2, "--workers", min=1, help="Processes for collection."),
-    seed: int = typer.Option(0, "--seed", help="Base seed of every collection run."),
+    recipe_name: str = typer.Option(
+        "quick", "--recipe", help="Built-in recipe (quick: ~5 min; benchmark: hours) or the path of a recipe .toml."
+    ),
+    workers: int = typer.Option(None, "--workers", min=1, help="Processes for collection (default: the recipe's)."),
+    seed: int = typer.Option(None, "--seed", min=0, help="Base seed of every collection run (default: the recipe's)."),
 ) -> None:
-    """Run the whole flow on a small default dataset and print where everything went."""
+    """Run the whole flow as a recipe says and print where everything went.
+
+    A recipe (TOML, versioned) names the envs × tiers × episodes or target transitions, the
+    critics and the LLM subset, the training arms, seeds and budgets, and the evaluation
+    protocol; the resolved recipe is saved in pipeline.json and the dataset's meta/info.json.
+    Rerunning resumes: collected episodes, annotations and finished runs are reused.
+    """
     from llmca_data import SCHEMA_VERSION, __version__
     from llmca_data.annotation.annotate import annotate
     from llmca_data.annotation.critic import make_critic
     from llmca_data.annotation.evaluate import critic_eval
-    from llmca_data.collect import CollectConfig, collect
+    from llmca_data.collect import CollectConfig, collect, collect_transitions
+    from llmca_data.info import record_recipe
+    from llmca_data.recipe import load_recipe
     from llmca_data.rollout import package_versions
     from llmca_data.stats import tier_stats
     from llmca_data.validate import validate
 
-    config = PipelineConfig(seed=seed, workers=workers)
+    recipe, _ = load_recipe(recipe_name)
+    recipe = replace(recipe, workers=recipe.workers if workers is None else workers,
+                     seed=recipe.seed if seed is None else seed)  # fmt: skip
+    arms = _check_recipe(recipe)
     dataset = out / "dataset"
     started = time.perf_counter()
     record: dict[str, object] = {
-        "config": asdict(config),
+        "recipe": recipe.to_dict(),
         "package_version": __version__,
         "schema_version": SCHEMA_VERSION,
         "versions": package_versions(),
         "dataset": str(dataset),
     }
+    console.print(f"recipe {recipe.name!r}: {recipe.description}")
     collected = []
-    for env_id, episodes in config.envs:
-        for tier in config.tiers:
-            c = CollectConfig(env_id=env_id, tier=tier, episodes=episodes, seed=config.seed, workers=config.workers)
-            with progress_bar(f"collect {env_id} {tier}", "episodes") as update:
-                result = collect(dataset, c, progress=update)
+    for entry in recipe.data:
+        for tier in entry.tiers:
+            c = CollectConfig(entry.env, tier, entry.episodes or 64, seed=recipe.seed, workers=recipe.workers)
+            with progress_bar(f"collect {entry.env} {tier}", "episodes") as update:
+                if entry.transitions is None:
+                    result = collect(dataset, c, progress=update)
+                else:
+                    result = collect_transitions(dataset, c, entry.transitions, progress=update)
             collected.append(asdict(result))
             console.print(
-                f"collected {env_id:<22} {tier:<7} {result.new_episodes:>3} new, "
-                f"{result.skipped_episodes:>3} present, {result.seconds:5.1f} s"
+                f"collected {entry.env:<22} {tier:<7} {result.new_episodes:>4} new, "
+                f"{result.skipped_episodes:>4} present, {result.seconds:5.1f} s"
             )
+    record_recipe(dataset, recipe.to_dict())
     record["collect"] = collected
     annotated = []
-    for critic_id in config.critics:
+    for critic_id in recipe.annotate.critics:
         critic = make_critic(critic_id)
         with progress_bar(f"annotate {critic_id}", "episodes") as update:
-            result = annotate(dataset, critic, workers=config.workers, progress=update)
+            result = annotate(dataset, critic, workers=recipe.workers, progress=update)
         annotated.append(asdict(result))
         console.print(
             f"annotated {critic_id:<15} {result.episodes:>4} episodes, {result.skipped:>4} done before, "
             f"{result.failed} failed, {result.seconds:5.1f} s"
         )
     record["annotate"] = annotated
-    annotated_llm = _annotate_llm(dataset, config)
+    annotated_llm = _annotate_llm(dataset, recipe.annotate)
     record["annotate_llm"] = annotated_llm
     report = validate(dataset)
     record["validate"] = {"ok": report.ok, "problems": [str(p) for p in report.problems], "files": report.files}
@@ -141,7 +128,7 @@ def pipeline_cmd(
     console.print(table)
     evals = {}
     present = {a["critic_id"] for a in annotated} | {a["critic_id"] for a in annotated_llm}
-    for critic_id, reference in config.comparisons:
+    for critic_id, reference in recipe.annotate.comparisons:
         if critic_id not in present:
             continue
         rows = critic_eval(dataset, critic_id, reference)
@@ -154,7 +141,9 @@ def pipeline_cmd(
     with progress_bar("build", "steps") as update:
         built = build(dataset, BuildConfig(), critic_eval=card_critic_eval(dataset, "shapley"), progress=update)
     record["build"] = {"files": built.files, "configs": [c["config_name"] for c in built.configs]}
-    loads = [_load_three_ways(dataset, out / "hf-cache", env_id) for env_id, _ in config.envs]
+    loads = [
+        _load_three_ways(dataset, out / "hf-cache", env_id) for env_id in dict.fromkeys(d.env for d in recipe.data)
+    ]
     record["load"] = loads
     for check in loads:
         console.print(
@@ -163,9 +152,9 @@ def pipeline_cmd(
             f"transitions, {check['d3rlpy_timeouts']} timed out): {'agree' if check['agree'] else 'DISAGREE'}"
         )
     (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    record["train"] = runs = _train_baselines(dataset, out / "runs", config)
+    record["train"] = runs = _train_baselines(dataset, out / "runs", recipe, arms)
     (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    record["leaderboard"] = _leaderboard(dataset, out, runs, config)
+    record["leaderboard"] = _leaderboard(dataset, out, runs, recipe)
     record["seconds"] = time.perf_counter() - started
     (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     console.print(f"dataset: {dataset} ({'valid' if report.ok else 'INVALID'})")
@@ -174,7 +163,41 @@ def pipeline_cmd(
         raise typer.Exit(1)
 
 
-def _annotate_llm(dataset: Path, config: PipelineConfig) -> list[dict[str, object]]:
+def _check_recipe(recipe: Recipe) -> list[Arm]:
+    """Check the recipe's critic ids and arms against the registries (before anything runs) and
+    return the arms to train: each arm once per act mode its algorithm reports (protocol v2: the
+    BC family greedy and sampled, the value-based learners greedy).
+
+    Raises:
+        RecipeError: naming the key of the bad critic or arm.
+    """
+    from llmca_data.annotation.critic import make_critic
+    from llmca_data.baselines.experiment import Arm
+    from llmca_data.baselines.registry import get_algorithm
+    from llmca_data.baselines.train import make_config
+    from llmca_data.recipe import RecipeError
+
+    for i, critic_id in enumerate(recipe.annotate.critics):
+        try:
+            make_critic(critic_id)
+        except ValueError as exc:
+            raise RecipeError(f"recipe {recipe.name!r}: annotate.critics[{i}]: {exc}") from None
+    for i, critic_id in enumerate(recipe.annotate.llm_critics):
+        if critic_id not in ("llm-mca", "llm-taca"):
+            raise RecipeError(f"recipe {recipe.name!r}: annotate.llm_critics[{i}] {critic_id!r}: use llm-mca, llm-taca")
+    arms = []
+    for i, spec in enumerate(recipe.train.arms):
+        try:
+            make_config(spec.algo, reward=spec.reward, task_input=spec.task_input,
+                        settings={"steps": recipe.train.steps, **spec.config})  # fmt: skip
+        except ValueError as exc:
+            raise RecipeError(f"recipe {recipe.name!r}: train.arms[{i}]: {exc}") from None
+        for act in get_algorithm(spec.algo).acts:
+            arms.append(Arm(spec.algo, spec.reward, spec.task_input, act, tuple(spec.config.items())))
+    return arms
+
+
+def _annotate_llm(dataset: Path, config: AnnotateSpec) -> list[dict[str, object]]:
     """The LLM critics on a few short episodes with the embedded model; skipped without the extra."""
     import importlib.util
     import time
@@ -208,37 +231,40 @@ def _annotate_llm(dataset: Path, config: PipelineConfig) -> list[dict[str, objec
     return out
 
 
-def _train_baselines(dataset: Path, runs: Path, config: PipelineConfig) -> list[dict[str, object]]:
-    """Train and evaluate the baseline arms × seeds on a small budget; print them side by side."""
-    from llmca_data.baselines.experiment import Arm, GridConfig, run_grid, summarize
+def _train_baselines(dataset: Path, runs: Path, recipe: Recipe, arms: list[Arm]) -> list[dict[str, object]]:
+    """Train and evaluate the arms × seeds on each training env; print them side by side."""
+    from llmca_data.baselines.experiment import GridConfig, run_grid, summarize
 
-    grid = GridConfig(
-        arms=tuple(Arm(algo, reward) for algo, reward in config.train_arms),
-        seeds=tuple(range(config.train_seeds)),
-        steps=config.train_steps,
-        eval_episodes=config.eval_episodes,
-        act=config.eval_act,
-    )
-    with progress_bar(f"train + evaluate on {config.train_env}", "runs") as update:
-        rows: list[dict[str, object]] = run_grid(dataset, config.train_env, config.train_tiers, runs, grid, update)
-    table = Table(
-        "arm", "seeds", "norm. score (mean ± std)", "return", "success",
-        title=f"{config.train_env} {'+'.join(config.train_tiers)}: {config.train_steps} steps, "
-        f"{config.eval_episodes} evaluation episodes per seed",
-    )  # fmt: skip
-    for s in summarize(rows):
-        table.add_row(
-            s["arm"], str(s["seeds"]), f"{s['normalized_score']:.1f} ± {s['normalized_score_std']:.1f}",
-            f"{s['mean_return']:.3f} ± {s['return_std']:.3f}", f"{s['success_rate']:.0%}",
+    train = recipe.train
+    grid = GridConfig(arms=tuple(arms), seeds=tuple(range(train.seeds)), steps=train.steps,
+                      eval_episodes=recipe.evaluate.episodes)  # fmt: skip
+    rows: list[dict[str, object]] = []
+    for env_id in train.envs:
+        with progress_bar(f"train + evaluate on {env_id}", "runs") as update:
+            env_rows = run_grid(dataset, env_id, train.tiers, runs / env_id, grid, update)
+        rows += env_rows
+        table = Table(
+            "arm", "act", "seeds", "norm. score (mean ± std)", "return", "success", "frozen", "diverged",
+            title=f"{env_id} {'+'.join(train.tiers)}: {train.steps} steps, {recipe.evaluate.episodes} evaluation "
+            f"episodes per seed (protocol {recipe.evaluate.protocol})",
         )  # fmt: skip
-    console.print(table)
+        for s in summarize(env_rows):
+            mine = [r for r in env_rows if r["arm"] == s["arm"]]
+            frozen = sum(int(str(r["frozen_episodes"] or 0)) for r in mine)
+            table.add_row(
+                s["arm"], str(mine[0]["act"]), str(s["seeds"]),
+                f"{s['normalized_score']:.1f} ± {s['normalized_score_std']:.1f}",
+                f"{s['mean_return']:.3f} ± {s['return_std']:.3f}", f"{s['success_rate']:.0%}",
+                f"{frozen / (len(mine) * recipe.evaluate.episodes):.0%}", str(sum(bool(r["diverged"]) for r in mine)),
+            )  # fmt: skip
+        console.print(table)
     console.print(f"runs:    {runs}")
     return rows
 
 
-def _leaderboard(dataset: Path, out: Path, runs: list[dict[str, object]], config: PipelineConfig) -> dict[str, object]:
-    """Submit each trained arm (5 seeds), evaluate the submissions as the trusted evaluator does,
-    render the leaderboard and print its table."""
+def _leaderboard(dataset: Path, out: Path, runs: list[dict[str, object]], recipe: Recipe) -> dict[str, object]:
+    """Submit each trained arm (all its seeds), evaluate the submissions as the trusted evaluator
+    does, render the leaderboard and print its table."""
     import shutil
 
     from llmca_data.leaderboard.assemble import make_submission
@@ -249,16 +275,17 @@ def _leaderboard(dataset: Path, out: Path, runs: list[dict[str, object]], config
     identity = dataset_identity(dataset)
     results = out / "leaderboard" / "results"
     shutil.rmtree(out / "leaderboard", ignore_errors=True)  # derived entirely from the runs: rebuilt
-    arms = dict.fromkeys(str(r["arm"]) for r in runs)
+    entries = dict.fromkeys((str(r["env_id"]), str(r["arm"]), str(r["act"])) for r in runs)
     with progress_bar("leaderboard: submit + evaluate", "submissions") as update:
-        for done, arm in enumerate(arms):
-            update(done, len(arms), arm)
+        for done, (env_id, arm, act) in enumerate(entries):
+            update(done, len(entries), arm)
             sub = make_submission(
-                [Path(str(r["run_dir"])) for r in runs if r["arm"] == arm], out / "leaderboard" / "submissions" / arm,
-                team="llmca-data baselines", algorithm=arm, code_url="https://github.com/llmca/llmca-data",
-                dataset=identity, act=config.eval_act,
+                [Path(str(r["run_dir"])) for r in runs if (r["env_id"], r["arm"]) == (env_id, arm)],
+                out / "leaderboard" / "submissions" / env_id / arm,
+                team="llmca-data baselines", algorithm=arm.removesuffix("@sample"),
+                code_url="https://github.com/llmca/llmca-data", dataset=identity, act=act,
             )  # fmt: skip
-            evaluate_submission(sub, results, LeaderboardEvalConfig(episodes=config.eval_episodes), identity)
+            evaluate_submission(sub, results, LeaderboardEvalConfig(episodes=recipe.evaluate.episodes), identity)
     page = render(results, out / "leaderboard")
     console.print(page.markdown.read_text(), markup=False, highlight=False)
     console.print(f"leaderboard: {page.markdown}, {page.html}")

@@ -193,27 +193,28 @@ def test_eval_json_records_protocol_act_frozen_and_diverged(bc_run: Path, tmp_pa
 def test_grid_reuses_only_results_with_the_same_act_and_protocol(lbf_dataset: Path, tmp_path: Path) -> None:
     overrides = (("eval_episodes", 0), ("batch_size", 32), ("hidden", (16,)))
 
-    def grid(act: str) -> GridConfig:
-        return GridConfig(arms=(Arm("bc"),), seeds=(0,), steps=10, eval_episodes=2, act=act, device="cpu",
-                          overrides=overrides)  # fmt: skip
+    def grid(episodes: int = 2) -> GridConfig:
+        arms = (Arm("bc"), Arm("bc", act="sample"))
+        return GridConfig(arms=arms, seeds=(0,), steps=10, eval_episodes=episodes, device="cpu", overrides=overrides)
 
-    run = tmp_path / "bc" / "seed-0"
-    (greedy,) = run_grid(lbf_dataset, ENV, None, tmp_path, grid("greedy"))
+    run, sampled = tmp_path / "bc" / "seed-0", tmp_path / "bc@sample" / "seed-0"
+    greedy, sample = run_grid(lbf_dataset, ENV, None, tmp_path, grid())
+    assert (greedy["arm"], greedy["act"], sample["arm"], sample["act"]) == ("bc", "greedy", "bc@sample", "sample")
+    assert json.loads((sampled / RUN_EVAL).read_text())["act"] == "sample" and greedy["diverged"] is False
+    # the same seed and settings train the same weights: the two arms differ only in how they act
+    assert (run / "model.safetensors").read_bytes() == (sampled / "model.safetensors").read_bytes()
     weights, evaluated = (run / "model.safetensors").stat().st_mtime_ns, (run / RUN_EVAL).stat().st_mtime_ns
-    assert greedy["act"] == "greedy" and greedy["diverged"] is False
-
-    (sample,) = run_grid(lbf_dataset, ENV, None, tmp_path, grid("sample"))  # evaluated again, not retrained
-    assert sample["act"] == "sample" and json.loads((run / RUN_EVAL).read_text())["act"] == "sample"
-    assert (run / "model.safetensors").stat().st_mtime_ns == weights
-    assert (run / RUN_EVAL).stat().st_mtime_ns != evaluated
-    evaluated = (run / RUN_EVAL).stat().st_mtime_ns
-    assert run_grid(lbf_dataset, ENV, None, tmp_path, grid("sample")) == [sample]  # reused
+    assert run_grid(lbf_dataset, ENV, None, tmp_path, grid()) == [greedy, sample]  # reused
     assert (run / RUN_EVAL).stat().st_mtime_ns == evaluated
+
+    again, _ = run_grid(lbf_dataset, ENV, None, tmp_path, grid(episodes=3))  # evaluated again, not retrained
+    assert json.loads((run / RUN_EVAL).read_text())["episodes"] == 3 and again["act"] == "greedy"
+    assert (run / "model.safetensors").stat().st_mtime_ns == weights
 
     old = json.loads((run / RUN_EVAL).read_text())
     del old["protocol"], old["act"]  # an eval.json from before protocol v2: greedy, protocol 1
     (run / RUN_EVAL).write_text(json.dumps(old))
-    (again,) = run_grid(lbf_dataset, ENV, None, tmp_path, grid("greedy"))
+    again, _ = run_grid(lbf_dataset, ENV, None, tmp_path, grid(episodes=3))
     assert json.loads((run / RUN_EVAL).read_text())["protocol"] == PROTOCOL_VERSION and again["act"] == "greedy"
     assert (run / "model.safetensors").stat().st_mtime_ns == weights
 

@@ -1,4 +1,4 @@
-"""`llmca pipeline` on its embedded defaults: the main job of the README."""
+"""`llmca pipeline` on its embedded defaults (the ``quick`` recipe): the main job of the README."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from llmca_data.recipe import load_recipe
 from llmca_data.validate import validate
 
 
@@ -22,6 +23,9 @@ def test_pipeline_runs_end_to_end_and_reruns_for_free(tmp_path: Path) -> None:
     assert f"dataset: {out / 'dataset'} (valid)" in proc.stdout
     record = json.loads((out / "pipeline.json").read_text())
     assert record["validate"]["ok"] and validate(out / "dataset").ok
+    recipe, _ = load_recipe("quick")
+    assert record["recipe"] == json.loads(json.dumps(recipe.to_dict()))  # the resolved recipe is recorded
+    assert json.loads((out / "dataset" / "meta" / "info.json").read_text())["recipe"] == record["recipe"]
     assert record["schema_version"] == 1 and "lbforaging" in record["versions"]
     stats = {(r["env_id"], r["tier"]): r for r in record["stats"]}
     assert len(stats) == 9
@@ -45,15 +49,18 @@ def test_pipeline_runs_end_to_end_and_reruns_for_free(tmp_path: Path) -> None:
     assert overall["sign_agreement"] > record["critic_eval"]["uniform vs shapley"][-1]["sign_agreement"]
     assert "counterfactual vs shapley" in proc.stdout
     runs = record["train"]
-    assert sorted({(r["arm"], r["seed"]) for r in runs}) == [
-        (arm, seed) for arm in ("bc", "iql-cql", "iql-cql+credit_shapley") for seed in range(5)
-    ]
+    arms = ("bc", "bc@sample", "iql-cql", "iql-cql+credit_shapley")  # protocol v2: BC both greedy and sampled
+    assert sorted({(r["arm"], r["seed"]) for r in runs}) == [(arm, seed) for arm in arms for seed in range(5)]
     assert all((Path(r["run_dir"]) / "eval.json").is_file() and r["normalized_score"] is not None for r in runs)
+    results = [json.loads((Path(r["run_dir"]) / "eval.json").read_text()) for r in runs]
+    assert all(e["protocol"] == 2 and e["episodes"] == 100 and "frozen_episodes" in e for e in results)
+    assert {e["act"] for e in results} == {"greedy", "sample"}
     assert "iql-cql+credit_shapley" in proc.stdout and "norm. score" in proc.stdout
     board = Path(record["leaderboard"]["markdown"]).read_text()
     assert "# Leaderboard" in proc.stdout and "IQM [95% CI]" in proc.stdout
-    for arm in ("bc", "iql-cql", "iql-cql+credit_shapley"):
-        assert f"| {arm} | 5 |" in board  # every arm verified over its 5 seeds
+    for arm in arms:  # every arm verified over its 5 seeds, in its act mode
+        algorithm, _, act = arm.partition("@")
+        assert f"| {algorithm} | {act or 'greedy'} | 5 |" in board
     assert all(Path(p).is_file() for p in record["leaderboard"]["plots"])
 
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
