@@ -42,12 +42,12 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from llmca_data.config import JsonConfig, bounded
+from llmca_data.config import bounded
 from llmca_data.loaders import OfflineDataset
 
 from .networks import sample_legal
 from .policy import RUN_METRICS, RunError, register, save_run
-from .training import MAX_WIDTH
+from .training import MAX_WIDTH, LearnerConfig
 
 Progress = Callable[[int, int], None]
 """``progress(step, total_steps)``; steps count over all agents (``n_agents * steps`` in all)."""
@@ -59,23 +59,11 @@ LOG_EVERY = 1000
 
 
 @dataclass(frozen=True)
-class D3rlpyConfig(JsonConfig):
-    """Settings of a d3rlpy runner, named and defaulted like our own baselines' so that the two
-    compare like for like (``TrainConfig``/``QConfig``); ``d3rlpy_params`` maps them to d3rlpy."""
+class D3rlpyConfig(LearnerConfig):
+    """Settings of a d3rlpy runner: ``LearnerConfig``'s, named and defaulted like our own
+    baselines' (``TrainConfig``/``QConfig``); ``d3rlpy_params`` maps them to d3rlpy."""
 
     ALGO: ClassVar[str] = ""
-    steps: int = bounded(2000, low=1)
-    """Gradient steps of each agent's learner."""
-    batch_size: int = bounded(256, low=1)
-    """Transitions per minibatch."""
-    lr: float = bounded(3e-4, low=0.0, open_low=True)
-    """Adam learning rate (d3rlpy's own default is 6.25e-5)."""
-    hidden: tuple[int, ...] = bounded((128, 128), low=1, high=MAX_WIDTH)
-    """Hidden layer sizes of the MLP encoder (``VectorEncoderFactory``)."""
-    seed: int = bounded(0, low=0)
-    """Agent i's learner is seeded with ``seed + i``."""
-    device: str = "auto"
-    """``auto`` (CUDA when present), ``cpu`` or ``cuda:0``."""
 
     def d3rlpy_params(self) -> dict[str, Any]:
         """Keyword arguments of the d3rlpy config class (besides the encoder)."""
@@ -87,6 +75,8 @@ class D3rlpyBCConfig(D3rlpyConfig):
     """``d3rlpy-bc``: d3rlpy's ``DiscreteBC`` (it trains without action masks; acting masks them)."""
 
     ALGO: ClassVar[str] = "d3rlpy-bc"
+    hidden: tuple[int, ...] = bounded((256, 256), low=1, high=MAX_WIDTH)
+    """Hidden layer sizes, as our ``bc``'s."""
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,16 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .evaluate import PROTOCOL_VERSION, EvalConfig, evaluate_run
-from .policy import RUN_CONFIG, RUN_EVAL
+from .policy import RUN_CONFIG, RUN_EVAL, RUN_METRICS, RUN_WEIGHTS
 from .registry import Act, get_algorithm
 from .train import make_config, train
 
@@ -86,23 +87,33 @@ def run_grid(
     """Train and evaluate every arm × seed; returns one row per run (see ``_row``).
 
     Every arm's settings are checked first (``make_config``), so a bad arm fails before any run.
+    Arms that differ only in ``act`` train once: the later arm's run directory gets a copy of
+    the trained files (same seed, same settings, same weights) and is evaluated its own way.
     """
     for arm in config.arms:
         make_config(arm.algo, reward=arm.reward, task_input=arm.task_input, settings=_settings(arm, config, 0))
     rows: list[dict[str, Any]] = []
     total = len(config.arms) * len(config.seeds)
+    trained: dict[tuple[Arm, int], Path] = {}
     for arm in config.arms:
         for seed in config.seeds:
             run_dir = out_dir / arm.name / f"seed-{seed}"
             if progress is not None:
                 progress(len(rows), total, f"{arm.name} seed {seed}")
             previous = _reuse(run_dir, env_id, arm, config, seed)
-            if previous is None:
+            twin = trained.get((replace(arm, act="greedy"), seed))
+            if previous is None and twin is not None:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                for name in (RUN_CONFIG, RUN_WEIGHTS, RUN_METRICS):
+                    shutil.copy2(twin / name, run_dir / name)
+                result = _evaluate(run_dir, arm, config)
+            elif previous is None:
                 result = _train_and_evaluate(dataset, env_id, tiers, run_dir, arm, seed, config)
             elif _same_evaluation(previous, arm, config):
                 result = previous
             else:  # trained with these settings, evaluated otherwise (episodes, act, protocol)
                 result = _evaluate(run_dir, arm, config)
+            trained.setdefault((replace(arm, act="greedy"), seed), run_dir)
             rows.append(_row(env_id, arm, seed, run_dir, result))
     if progress is not None:
         progress(total, total, "")

@@ -48,21 +48,28 @@ LossFn = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float
 
 
 @dataclass(frozen=True)
-class TrainConfig(JsonConfig):
-    """Hyperparameters every baseline shares (algorithms subclass it and add their own)."""
+class LearnerConfig(JsonConfig):
+    """What every offline learner is given, ours and the d3rlpy runners alike (same names, same
+    defaults, so that the two compare like for like)."""
 
     steps: int = bounded(2000, low=1)
-    """Gradient steps."""
+    """Gradient steps (of each agent's learner, for the d3rlpy runners)."""
     batch_size: int = bounded(256, low=1)
     """Transitions per minibatch (sampled uniformly with replacement)."""
     lr: float = bounded(3e-4, low=0.0, open_low=True)
-    """Adam learning rate."""
+    """Adam learning rate (d3rlpy's own default is 6.25e-5)."""
     hidden: tuple[int, ...] = bounded((128, 128), low=1, high=MAX_WIDTH)
-    """Hidden layer sizes of the shared ``AgentNet`` MLP."""
+    """Hidden layer sizes of the MLP (``AgentNet``; d3rlpy's ``VectorEncoderFactory``)."""
     seed: int = bounded(0, low=0)
-    """Seeds the network initialisation, the train/validation split and minibatch sampling."""
+    """Seeds initialisation, the train/validation split and sampling (d3rlpy's agent i: seed + i)."""
     device: str = "auto"
     """``auto`` (CUDA when present), ``cpu`` or ``cuda``; the whole dataset is resident there."""
+
+
+@dataclass(frozen=True)
+class TrainConfig(LearnerConfig):
+    """Hyperparameters every torch baseline shares (algorithms subclass it and add their own)."""
+
     eval_every: int = bounded(100, low=1)
     """Log a ``metrics.jsonl`` row (with the validation loss) every this many steps."""
     val_fraction: float = bounded(0.1, low=0.0, high=0.9)

@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", default=[f"{t}:{p}" for t, p in GRID["target"]],
                         help="target updates as TAU:PERIOD (1.0:200 copies every 200 steps)")  # fmt: skip
     parser.add_argument("--reward", default="team", help="reward source of iql-cql (team, env, credit_<critic>)")
+    parser.add_argument("--config", type=json.loads, default={}, help="other config fields as a JSON object")
     parser.add_argument("--work", type=Path, default=Path("bench-sweep"), help="dataset and run directories")
     parser.add_argument("--out", type=Path, default=None, help="JSON lines of results (default: WORK/sweep.jsonl)")
     args = parser.parse_args()
@@ -73,10 +74,12 @@ def main() -> None:
         settings = {"cql_alpha": alpha, "gamma": gamma, "tau": tau, "target_period": period, "reward_scale": scale}
         if args.reward != "team":
             settings["reward"] = args.reward
+        settings.update(args.config)
         key = json.dumps({**settings, "seed": args.seed}, sort_keys=True)
         if key in done:
             continue
-        run = args.work / "runs" / args.algo / "_".join(f"{k}={v}" for k, v in settings.items()) / f"seed-{args.seed}"
+        name = "_".join(f"{k}={v}" for k, v in settings.items()).replace(" ", "")
+        run = args.work / "runs" / args.algo / name / f"seed-{args.seed}"
         t0 = time.perf_counter()
         train(args.algo, dataset, args.env, [args.tier], run, steps=args.steps, seed=args.seed, device="cpu",
               overrides={**settings, "eval_episodes": 0, "eval_every": 500})  # fmt: skip

@@ -9,15 +9,16 @@ What is compared: agent-transitions processed per second of training.
   one update on a batch of B processes B agent-transitions. The N learners run one after the
   other; their rate is (N × S × B) ÷ (sum of their timed seconds).
 
-Both use the same batch size B (32 and 256), the same MLP hidden sizes (``HIDDEN``; d3rlpy via
-``VectorEncoderFactory(hidden_units=...)``) and each library's own training loop, run for
+Both use the same settings — batch size B (32 and 256), MLP hidden sizes (``HIDDEN``), learning
+rate, γ, CQL weight and a target copied every 200 steps — d3rlpy through our ``D3rlpyCQLConfig``
+(``make_d3rlpy_config``), and each library's own training loop, run for
 ``WARMUP + STEPS`` steps. Exactly what is timed (``time.perf_counter``) is the wall time from the
 end of step ``WARMUP`` to the end of step ``WARMUP + STEPS``, i.e. STEPS iterations of the loop body:
 
 * ours: ``train_loop`` (called by ``fit_iql_cql``) calls ``progress`` after the update of every
   ``eval_every``-th step; with ``eval_every = WARMUP`` and ``val_fraction = 0`` (no validation
-  loss) the timed span holds STEPS × (minibatch sampling + loss + backward + Adam + soft target
-  update) plus a ``metrics.jsonl`` row every WARMUP steps (a few µs each).
+  loss) the timed span holds STEPS × (minibatch sampling + loss + backward + Adam) plus the
+  target copies (every 200 steps) plus a ``metrics.jsonl`` row every WARMUP steps (a few µs each).
 * d3rlpy: ``fit(callback=...)`` runs the callback after every step; the timed span holds STEPS ×
   (minibatch sampling + ``update``), ``n_steps_per_epoch = WARMUP + STEPS`` so no epoch end falls
   inside it. ``NoopAdapterFactory`` (nothing written), ``show_progress=False``, output swallowed.
@@ -47,6 +48,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 import torch
 
+from llmca_data.baselines.d3rlpy_runner import D3rlpyCQLConfig, make_d3rlpy_config
 from llmca_data.baselines.iql_cql import IQLCQLConfig, fit_iql_cql
 from llmca_data.baselines.training import load_data
 from llmca_data.collect import CollectConfig, collect
@@ -112,8 +114,7 @@ def time_d3rlpy(mdps: list[Any], batch: int) -> float:
     total = 0.0
     for i, mdp in enumerate(mdps):
         d3rlpy.seed(i)
-        encoder = d3rlpy.models.VectorEncoderFactory(hidden_units=list(HIDDEN))
-        algo = d3rlpy.algos.DiscreteCQLConfig(batch_size=batch, encoder_factory=encoder).create(device="cpu")
+        algo = make_d3rlpy_config(D3rlpyCQLConfig(batch_size=batch, hidden=HIDDEN)).create(device="cpu")
         timer = SpanTimer()
         with quiet():
             algo.fit(

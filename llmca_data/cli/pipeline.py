@@ -77,6 +77,8 @@ def pipeline_cmd(
         "versions": package_versions(),
         "dataset": str(dataset),
     }
+    stage_seconds: dict[str, float] = {}
+    record["stage_seconds"] = stage_seconds
     console.print(f"recipe {recipe.name!r}: {recipe.description}")
     collected = []
     for entry in recipe.data:
@@ -94,6 +96,7 @@ def pipeline_cmd(
             )
     record_recipe(dataset, recipe.to_dict())
     record["collect"] = collected
+    stage_seconds["collect"] = _lap(started, stage_seconds)
     annotated = []
     for critic_id in recipe.annotate.critics:
         critic = make_critic(critic_id)
@@ -105,8 +108,10 @@ def pipeline_cmd(
             f"{result.failed} failed, {result.seconds:5.1f} s"
         )
     record["annotate"] = annotated
+    stage_seconds["annotate"] = _lap(started, stage_seconds)
     annotated_llm = _annotate_llm(dataset, recipe.annotate)
     record["annotate_llm"] = annotated_llm
+    stage_seconds["annotate_llm"] = _lap(started, stage_seconds)
     report = validate(dataset)
     record["validate"] = {"ok": report.ok, "problems": [str(p) for p in report.problems], "files": report.files}
     for problem in report.problems:
@@ -145,6 +150,7 @@ def pipeline_cmd(
         _load_three_ways(dataset, out / "hf-cache", env_id) for env_id in dict.fromkeys(d.env for d in recipe.data)
     ]
     record["load"] = loads
+    stage_seconds["build_load"] = _lap(started, stage_seconds)
     for check in loads:
         console.print(
             f"loaded {check['env_id']:<20} datasets {check['datasets_rows']} rows = OfflineDataset "
@@ -153,14 +159,21 @@ def pipeline_cmd(
         )
     (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     record["train"] = runs = _train_baselines(dataset, out / "runs", recipe, arms)
+    stage_seconds["train"] = _lap(started, stage_seconds)
     (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     record["leaderboard"] = _leaderboard(dataset, out, runs, recipe)
+    stage_seconds["leaderboard"] = _lap(started, stage_seconds)
     record["seconds"] = time.perf_counter() - started
     (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     console.print(f"dataset: {dataset} ({'valid' if report.ok else 'INVALID'})")
     console.print(f"report:  {out / 'pipeline.json'}  ({record['seconds']:.0f} s)")
     if not report.ok or not all(c["agree"] for c in loads):
         raise typer.Exit(1)
+
+
+def _lap(started: float, laps: dict[str, float]) -> float:
+    """Seconds since the end of the last recorded stage (or since ``started``)."""
+    return round(time.perf_counter() - started - sum(laps.values()), 1)
 
 
 def _check_recipe(recipe: Recipe) -> list[Arm]:

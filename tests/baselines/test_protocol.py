@@ -201,8 +201,9 @@ def test_grid_reuses_only_results_with_the_same_act_and_protocol(lbf_dataset: Pa
     greedy, sample = run_grid(lbf_dataset, ENV, None, tmp_path, grid())
     assert (greedy["arm"], greedy["act"], sample["arm"], sample["act"]) == ("bc", "greedy", "bc@sample", "sample")
     assert json.loads((sampled / RUN_EVAL).read_text())["act"] == "sample" and greedy["diverged"] is False
-    # the same seed and settings train the same weights: the two arms differ only in how they act
+    # the two arms differ only in how they act: trained once, the weights copied
     assert (run / "model.safetensors").read_bytes() == (sampled / "model.safetensors").read_bytes()
+    assert (sampled / "model.safetensors").stat().st_mtime_ns == (run / "model.safetensors").stat().st_mtime_ns
     weights, evaluated = (run / "model.safetensors").stat().st_mtime_ns, (run / RUN_EVAL).stat().st_mtime_ns
     assert run_grid(lbf_dataset, ENV, None, tmp_path, grid()) == [greedy, sample]  # reused
     assert (run / RUN_EVAL).stat().st_mtime_ns == evaluated

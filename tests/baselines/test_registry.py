@@ -218,3 +218,22 @@ def test_filtered_bc_keeps_the_best_episodes(lbf_dataset_master: Path, tmp_path:
     if returns is not None:
         assert body["return_threshold"] == pytest.approx(returns[9])
     assert FilteredBCConfig.from_dict(body).top_fraction == 0.5
+
+
+@pytest.mark.parametrize("algo", ["bc", "filtered-bc"])
+def test_recurrent_bc_trains_on_whole_episodes_and_acts_statefully(
+    algo: str, lbf_dataset_master: Path, tmp_path: Path
+) -> None:
+    settings = {**_small(algo), "rnn_hidden": 8, "batch_size": 4}
+    run = train(algo, lbf_dataset_master, ENV, None, tmp_path / "gru", overrides=settings)
+    body = json.loads((run / RUN_CONFIG).read_text())
+    assert body["rnn_hidden"] == 8 and (algo == "bc" or body["kept_episodes"] == 5)
+    rows = [json.loads(line) for line in (run / RUN_METRICS).read_text().splitlines()]
+    assert all(np.isfinite(r["loss"]) and 0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    policy = load_policy(run)
+    tr = OfflineDataset.open(lbf_dataset_master, ENV, ["expert"]).transitions()
+    obs, mask = tr["obs"][0].numpy(), tr["action_mask"][0].numpy()
+    policy.reset()  # type: ignore[attr-defined]
+    first = [policy.act(obs, mask) for _ in range(3)]
+    policy.reset()  # type: ignore[attr-defined]
+    assert all(np.array_equal(a, b) for a, b in zip(first, [policy.act(obs, mask) for _ in range(3)], strict=True))
