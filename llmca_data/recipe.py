@@ -87,8 +87,8 @@ class AnnotateSpec(JsonConfig):
     """Reference critics, run on every episode."""
     llm_critics: tuple[str, ...] = ("llm-mca", "llm-taca")
     """LLM critics (the local server unless configured otherwise), run on the subset below."""
-    llm_envs: tuple[str, ...] = ("lbf-8x8-2p-2f", "spaceworld-10x10-3a")
-    """Envs whose episodes the LLM critics annotate."""
+    llm_envs: tuple[str, ...] = ()
+    """Envs whose episodes the LLM critics annotate (empty: every data env)."""
     llm_tier: str = "expert"
     """The tier whose (short) episodes the LLM critics annotate."""
     llm_episodes: int = bounded(2, low=0)
@@ -168,6 +168,10 @@ class Recipe(JsonConfig):
     """Training grid."""
     evaluate: EvaluateSpec = EvaluateSpec()
     """Evaluation protocol."""
+
+    def llm_envs(self) -> tuple[str, ...]:
+        """The envs the LLM critics annotate: ``annotate.llm_envs``, or every data env."""
+        return self.annotate.llm_envs or tuple(dict.fromkeys(d.env for d in self.data))
 
     def check(self, owner: str) -> Recipe:
         """Cross-field checks (env ids, tiers, one size per data entry, the train env among the data);

@@ -67,7 +67,7 @@ def pipeline_cmd(
     recipe, _ = load_recipe(recipe_name)
     recipe = replace(recipe, workers=recipe.workers if workers is None else workers,
                      seed=recipe.seed if seed is None else seed)  # fmt: skip
-    arms = _check_recipe(recipe)
+    arms = _check_recipe(recipe, recipe_name)
     dataset = out / "dataset"
     started = time.perf_counter()
     record: dict[str, object] = {
@@ -109,7 +109,7 @@ def pipeline_cmd(
         )
     record["annotate"] = annotated
     stage_seconds["annotate"] = _lap(started, stage_seconds)
-    annotated_llm = _annotate_llm(dataset, recipe.annotate)
+    annotated_llm = _annotate_llm(dataset, recipe.annotate, recipe.llm_envs())
     record["annotate_llm"] = annotated_llm
     stage_seconds["annotate_llm"] = _lap(started, stage_seconds)
     report = validate(dataset)
@@ -176,7 +176,7 @@ def _lap(started: float, laps: dict[str, float]) -> float:
     return round(time.perf_counter() - started - sum(laps.values()), 1)
 
 
-def _check_recipe(recipe: Recipe) -> list[Arm]:
+def _check_recipe(recipe: Recipe, owner: str) -> list[Arm]:
     """Check the recipe's critic ids and arms against the registries (before anything runs) and
     return the arms to train: each arm once per act mode its algorithm reports (protocol v2: the
     BC family greedy and sampled, the value-based learners greedy).
@@ -194,23 +194,23 @@ def _check_recipe(recipe: Recipe) -> list[Arm]:
         try:
             make_critic(critic_id)
         except ValueError as exc:
-            raise RecipeError(f"recipe {recipe.name!r}: annotate.critics[{i}]: {exc}") from None
+            raise RecipeError(f"{owner}: annotate.critics[{i}]: {exc}") from None
     for i, critic_id in enumerate(recipe.annotate.llm_critics):
         if critic_id not in ("llm-mca", "llm-taca"):
-            raise RecipeError(f"recipe {recipe.name!r}: annotate.llm_critics[{i}] {critic_id!r}: use llm-mca, llm-taca")
+            raise RecipeError(f"{owner}: annotate.llm_critics[{i}] {critic_id!r}: use llm-mca, llm-taca")
     arms = []
     for i, spec in enumerate(recipe.train.arms):
         try:
             make_config(spec.algo, reward=spec.reward, task_input=spec.task_input,
                         settings={"steps": recipe.train.steps, **spec.config})  # fmt: skip
         except ValueError as exc:
-            raise RecipeError(f"recipe {recipe.name!r}: train.arms[{i}]: {exc}") from None
+            raise RecipeError(f"{owner}: train.arms[{i}]: {exc}") from None
         for act in get_algorithm(spec.algo).acts:
             arms.append(Arm(spec.algo, spec.reward, spec.task_input, act, tuple(spec.config.items())))
     return arms
 
 
-def _annotate_llm(dataset: Path, config: AnnotateSpec) -> list[dict[str, object]]:
+def _annotate_llm(dataset: Path, config: AnnotateSpec, envs: tuple[str, ...]) -> list[dict[str, object]]:
     """The LLM critics on a few short episodes with the embedded model; skipped without the extra."""
     import importlib.util
     import time
@@ -224,7 +224,7 @@ def _annotate_llm(dataset: Path, config: AnnotateSpec) -> list[dict[str, object]
     started = time.perf_counter()
     out: list[dict[str, object]] = []
     for critic_id in config.llm_critics:
-        for env_id in config.llm_envs:
+        for env_id in envs:
             if time.perf_counter() - started > config.llm_budget_s:
                 err_console.print(
                     f"[yellow]LLM time budget of {config.llm_budget_s:.0f} s spent; skipping the rest[/yellow]"

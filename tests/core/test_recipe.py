@@ -144,3 +144,24 @@ def test_unknown_recipe_and_unreadable_file(tmp_path: Path) -> None:
     path.write_text(FULL)
     recipe, text = load_recipe(path)
     assert recipe.name == "mine" and text == FULL
+
+
+def test_pipeline_refuses_a_bad_recipe_before_writing_anything(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    minimal = 'recipe_version = 1\n[[data]]\nenv = "lbf-8x8-2p-2f"\nepisodes = 2\n[train]\n'
+    cases = {
+        'arms = [{ algo = "bc", reward = "env" }]': "train.arms[0]: bc does not train on a reward source",
+        'arms = [{ algo = "bc", config = { cql_alpha = 0.1 } }]': "train.arms[0]: BCConfig: unknown config key",
+        'arms = [{ algo = "qmix" }]': "train.arms[0]: unknown algorithm 'qmix'",
+        'steps = 10\n[annotate]\ncritics = ["shapely"]': "annotate.critics[0]: unknown critic 'shapely'",
+    }
+    for i, (tail, message) in enumerate(cases.items()):
+        recipe, out = tmp_path / f"r{i}.toml", tmp_path / f"out{i}"
+        recipe.write_text(minimal + tail + "\n")
+        cmd = [sys.executable, "-c", "from llmca_data.cli import main; main()", "pipeline", "--recipe", str(recipe),
+               "--out", str(out)]  # fmt: skip
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert not out.exists()
