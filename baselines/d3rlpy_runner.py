@@ -87,7 +87,7 @@ class D3rlpyQConfig(D3rlpyConfig):
 
     reward: str = "team"
     """``team``, ``env`` or ``credit_<critic>``: the reward column agent i learns from."""
-    gamma: float = bounded(0.95, low=0.0, high=1.0)
+    gamma: float = bounded(0.8, low=0.0, high=1.0)
     """Discount factor."""
     target_period: int = bounded(200, low=1)
     """Copy the target net every this many steps (d3rlpy's default is 8000)."""

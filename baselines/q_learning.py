@@ -48,7 +48,7 @@ class QConfig(TrainConfig):
     BENCHMARKS.md "Q-learner sweep").
     """
 
-    gamma: float = bounded(0.95, low=0.0, high=1.0)
+    gamma: float = bounded(0.8, low=0.0, high=1.0)
     """Discount factor."""
     cql_alpha: float = bounded(0.1, low=0.0)
     """Weight of the conservative penalty (0 gives plain offline Double DQN). It is measured in

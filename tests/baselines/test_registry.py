@@ -62,8 +62,15 @@ def test_every_registered_algorithm_meets_the_contract(
 
 
 def test_registry_is_the_one_list() -> None:
+    import inspect
+
     from llmca_data.baselines.policy import ALGO_MODULES
     from llmca_data.baselines.train import ALGOS
+    from llmca_data.cli.offline import train_cmd
+
+    # the CLI imports stages lazily, so its help spells the ids out: it must list exactly the registry's
+    help_text = inspect.signature(train_cmd).parameters["algo"].default.help
+    assert help_text.split(" | ") == list(OFFLINE_ALGOS)
 
     assert ALGOS == OFFLINE_ALGOS and set(ALGO_MODULES) == set(ALGORITHMS)
     assert "ddqn-online" in ALGORITHMS and "ddqn-online" not in OFFLINE_ALGOS
