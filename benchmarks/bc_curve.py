@@ -41,6 +41,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("bench-bc"))
     args = parser.parse_args()
     out = args.work / "results.jsonl"
+    print(f"{args.algo} {json.dumps(args.config)}")
     print("| env | expert episodes | transitions | steps | greedy score | frozen | sampled score | frozen | time |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in sorted(args.sizes):
@@ -48,7 +49,8 @@ def main() -> None:
         collect(dataset, CollectConfig(args.env, "expert", size, seed=7, workers=1))
         transitions = OfflineDataset.open(dataset, args.env, ["expert"]).episodes()["length"].sum()
         t0 = time.perf_counter()
-        run = args.work / "runs" / f"{args.algo}-{args.env}-{size}"
+        tag = "".join(f"-{k}={v}" for k, v in args.config.items()).replace(" ", "")
+        run = args.work / "runs" / f"{args.algo}-{args.env}-{size}-{args.steps}{tag}"
         train(args.algo, dataset, args.env, ["expert"], run, steps=args.steps, device="cpu",
               overrides={"eval_episodes": 0, "eval_every": 500, **args.config})  # fmt: skip
         res = {act: evaluate_run(run, EvalConfig(episodes=args.episodes, act=act)) for act in ("greedy", "sample")}

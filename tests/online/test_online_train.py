@@ -15,7 +15,7 @@ from llm_replies import valid_reply_for
 from match_env import MatchEnv
 
 from llmca_data.annotation.critic import CriticOutput, make_critic
-from llmca_data.baselines.evaluate import evaluate_policy
+from llmca_data.baselines.evaluate import EvalConfig, evaluate_policy
 from llmca_data.baselines.online import CURVE, OnlineConfig, train_online
 from llmca_data.baselines.online_io import RUN_DATASET
 from llmca_data.baselines.policy import load_config, load_policy
@@ -113,7 +113,7 @@ def test_dataset_validates_and_loads_with_credits(tmp_path: Path) -> None:
     body = load_config(run)
     assert body["algo"] == "ddqn-online" and body["critic_params"]["type"] == "shapley"
     result = evaluate_policy(load_policy(run), LBF, {}, None)
-    assert result["episodes"] == 20
+    assert result["episodes"] == EvalConfig().episodes == 100  # protocol v2
 
 
 class ScaledUniformCritic(CountingCritic):
