@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,8 @@ class GridConfig:
     device: str = "auto"
     overrides: tuple[tuple[str, Any], ...] = field(default=(("eval_episodes", 0),))
     """Config fields set on every run (default: no periodic evaluation, only the final one)."""
+    workers: int = 1
+    """Processes that train and evaluate runs at once (each torch on one thread)."""
 
 
 def run_grid(
@@ -84,40 +88,88 @@ def run_grid(
     config: GridConfig,
     progress: GridProgress | None = None,
 ) -> list[dict[str, Any]]:
-    """Train and evaluate every arm × seed; returns one row per run (see ``_row``).
+    """Train and evaluate every arm × seed; returns one row per run (see ``_row``), arms × seeds in order.
 
     Every arm's settings are checked first (``make_config``), so a bad arm fails before any run.
     Arms that differ only in ``act`` train once: the later arm's run directory gets a copy of
     the trained files (same seed, same settings, same weights) and is evaluated its own way.
+    With ``config.workers`` > 1 the runs go to that many processes (one torch thread each).
     """
     for arm in config.arms:
         make_config(arm.algo, reward=arm.reward, task_input=arm.task_input, settings=_settings(arm, config, 0))
-    rows: list[dict[str, Any]] = []
-    total = len(config.arms) * len(config.seeds)
-    trained: dict[tuple[Arm, int], Path] = {}
-    for arm in config.arms:
-        for seed in config.seeds:
-            run_dir = out_dir / arm.name / f"seed-{seed}"
-            if progress is not None:
-                progress(len(rows), total, f"{arm.name} seed {seed}")
-            previous = _reuse(run_dir, env_id, arm, config, seed)
-            twin = trained.get((replace(arm, act="greedy"), seed))
-            if previous is None and twin is not None:
-                run_dir.mkdir(parents=True, exist_ok=True)
-                for name in (RUN_CONFIG, RUN_WEIGHTS, RUN_METRICS):
-                    shutil.copy2(twin / name, run_dir / name)
-                result = _evaluate(run_dir, arm, config)
-            elif previous is None:
-                result = _train_and_evaluate(dataset, env_id, tiers, run_dir, arm, seed, config)
-            elif _same_evaluation(previous, arm, config):
-                result = previous
-            else:  # trained with these settings, evaluated otherwise (episodes, act, protocol)
-                result = _evaluate(run_dir, arm, config)
-            trained.setdefault((replace(arm, act="greedy"), seed), run_dir)
-            rows.append(_row(env_id, arm, seed, run_dir, result))
+    cells = [(arm, seed) for arm in config.arms for seed in config.seeds]
+    first: dict[tuple[Arm, int], Path] = {}  # training identity → the run directory that trains it
+    jobs: list[tuple[Arm, int, Path | None]] = []
+    twins: list[tuple[Arm, int, Path | None]] = []
+    for arm, seed in cells:
+        key, run_dir = (replace(arm, act="greedy"), seed), out_dir / arm.name / f"seed-{seed}"
+        if key in first:
+            twins.append((arm, seed, first[key]))
+        else:
+            first[key] = run_dir
+            jobs.append((arm, seed, None))
+    results: dict[tuple[Arm, int], dict[str, Any]] = {}
+    for batch in (jobs, twins):  # twins copy what the first batch trained
+        for (arm, seed, _), result in _run_cells(dataset, env_id, tiers, out_dir, config, batch, len(results),
+                                                  len(cells), progress):  # fmt: skip
+            results[arm, seed] = result
     if progress is not None:
-        progress(total, total, "")
-    return rows
+        progress(len(cells), len(cells), "")
+    return [_row(env_id, arm, seed, out_dir / arm.name / f"seed-{seed}", results[arm, seed]) for arm, seed in cells]
+
+
+def _run_cells(
+    dataset: str | Path,
+    env_id: str,
+    tiers: Sequence[str] | None,
+    out_dir: Path,
+    config: GridConfig,
+    cells: list[tuple[Arm, int, Path | None]],
+    done: int,
+    total: int,
+    progress: GridProgress | None,
+) -> Iterator[tuple[tuple[Arm, int, Path | None], dict[str, Any]]]:
+    """Run ``cells`` (serially, or in ``config.workers`` processes), yielding each with its result."""
+    args = [(dataset, env_id, tiers, out_dir / arm.name / f"seed-{seed}", arm, seed, config, twin)
+            for arm, seed, twin in cells]  # fmt: skip
+    if config.workers == 1 or len(cells) < 2:
+        for cell, a in zip(cells, args, strict=True):
+            if progress is not None:
+                progress(done, total, f"{cell[0].name} seed {cell[1]}")
+            yield cell, _run_cell(*a)
+            done += 1
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(config.workers, len(cells)), mp_context=ctx) as pool:
+        futures = {pool.submit(_run_cell, *a): cell for cell, a in zip(cells, args, strict=True)}
+        for future in as_completed(futures):
+            cell = futures[future]
+            yield cell, future.result()
+            done += 1
+            if progress is not None:
+                progress(done, total, f"{cell[0].name} seed {cell[1]} done")
+
+
+def _run_cell(
+    dataset: str | Path,
+    env_id: str,
+    tiers: Sequence[str] | None,
+    run_dir: Path,
+    arm: Arm,
+    seed: int,
+    config: GridConfig,
+    twin: Path | None,
+) -> dict[str, Any]:
+    """One run's result: reused, re-evaluated, copied from its ``twin`` and evaluated, or trained."""
+    previous = _reuse(run_dir, env_id, arm, config, seed)
+    if previous is not None:
+        return previous if _same_evaluation(previous, arm, config) else _evaluate(run_dir, arm, config)
+    if twin is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for name in (RUN_CONFIG, RUN_WEIGHTS, RUN_METRICS):
+            shutil.copy2(twin / name, run_dir / name)
+        return _evaluate(run_dir, arm, config)
+    return _train_and_evaluate(dataset, env_id, tiers, run_dir, arm, seed, config)
 
 
 def _train_and_evaluate(

@@ -1,4 +1,4 @@
-"""How good behaviour cloning gets with more expert data: the BC data curve per env.
+"""How good behaviour cloning gets with more data: the BC data curve per env (and tier).
 
 What it measures: for each env and each expert-data size (episodes; the joint transitions they
 hold are printed), one ``bc`` run (``--steps`` gradient steps, default network) evaluated on
@@ -33,7 +33,8 @@ from llmca_data.loaders import OfflineDataset
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--env", default="lbf-8x8-2p-2f")
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 2000], help="expert episodes")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 1024, 2000], help="episodes of data")
+    parser.add_argument("--tier", default="expert", help="the tier to imitate (expert; medium for filtered-bc)")
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--episodes", type=int, default=100, help="evaluation episodes per act mode")
     parser.add_argument("--algo", default="bc", help="bc, or another algorithm of the BC family")
@@ -42,19 +43,20 @@ def main() -> None:
     args = parser.parse_args()
     out = args.work / "results.jsonl"
     print(f"{args.algo} {json.dumps(args.config)}")
-    print("| env | expert episodes | transitions | steps | greedy score | frozen | sampled score | frozen | time |")
+    print(f"| env | {args.tier} episodes | transitions | steps | greedy | frozen | sampled | frozen | time |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for size in sorted(args.sizes):
-        dataset = args.work / f"{args.env}-{size}"
-        collect(dataset, CollectConfig(args.env, "expert", size, seed=7, workers=1))
-        transitions = OfflineDataset.open(dataset, args.env, ["expert"]).episodes()["length"].sum()
+        dataset = args.work / f"{args.env}-{args.tier}-{size}"
+        collect(dataset, CollectConfig(args.env, args.tier, size, seed=7, workers=1))
+        transitions = OfflineDataset.open(dataset, args.env, [args.tier]).episodes()["length"].sum()
         t0 = time.perf_counter()
         tag = "".join(f"-{k}={v}" for k, v in args.config.items()).replace(" ", "")
-        run = args.work / "runs" / f"{args.algo}-{args.env}-{size}-{args.steps}{tag}"
-        train(args.algo, dataset, args.env, ["expert"], run, steps=args.steps, device="cpu",
+        run = args.work / "runs" / f"{args.algo}-{args.env}-{args.tier}-{size}-{args.steps}{tag}"
+        train(args.algo, dataset, args.env, [args.tier], run, steps=args.steps, device="cpu",
               overrides={"eval_episodes": 0, "eval_every": 500, **args.config})  # fmt: skip
         res = {act: evaluate_run(run, EvalConfig(episodes=args.episodes, act=act)) for act in ("greedy", "sample")}
-        row = {"env_id": args.env, "algo": args.algo, "expert_episodes": size, "transitions": int(transitions),
+        row = {"env_id": args.env, "algo": args.algo, "tier": args.tier, "episodes": size,
+               "transitions": int(transitions),
                "steps": args.steps, "config": args.config, "time_s": round(time.perf_counter() - t0, 1),
                **{f"{act}_score": r["normalized_score"] for act, r in res.items()},
                **{f"{act}_frozen": r["frozen_episodes"] for act, r in res.items()},

@@ -159,7 +159,7 @@ class Recipe(JsonConfig):
     seed: int = bounded(0, low=0)
     """Base seed of every collection run."""
     workers: int = bounded(2, low=1)
-    """Processes for collection and annotation."""
+    """Processes for collection, annotation and training runs."""
     data: tuple[DataSpec, ...] = ()
     """The envs to collect."""
     annotate: AnnotateSpec = AnnotateSpec()

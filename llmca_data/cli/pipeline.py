@@ -250,7 +250,7 @@ def _train_baselines(dataset: Path, runs: Path, recipe: Recipe, arms: list[Arm])
 
     train = recipe.train
     grid = GridConfig(arms=tuple(arms), seeds=tuple(range(train.seeds)), steps=train.steps,
-                      eval_episodes=recipe.evaluate.episodes)  # fmt: skip
+                      eval_episodes=recipe.evaluate.episodes, workers=recipe.workers)  # fmt: skip
     rows: list[dict[str, object]] = []
     for env_id in train.envs:
         with progress_bar(f"train + evaluate on {env_id}", "runs") as update:

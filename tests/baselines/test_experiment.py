@@ -73,3 +73,17 @@ def test_arm_names() -> None:
     assert Arm("bc").name == "bc" and Arm("d3rlpy-cql", "env").name == "d3rlpy-cql+env"
     assert Arm("vdn-cql").name == "vdn-cql"
     assert Arm("iql-cql", "credit_llm_taca", "llm-taca").name == "iql-cql+credit_llm_taca+task"
+
+
+def test_grid_in_two_processes_gives_the_same_runs(lbf_dataset: Path, tmp_path: Path) -> None:
+    serial = run_grid(lbf_dataset, ENV, None, tmp_path / "serial", grid())
+    calls: list[tuple[int, int, str]] = []
+    parallel_config = GridConfig(**{**grid().__dict__, "workers": 2})
+    parallel = run_grid(lbf_dataset, ENV, None, tmp_path / "parallel", parallel_config, lambda *c: calls.append(c))
+    assert [(r["arm"], r["seed"]) for r in parallel] == [(r["arm"], r["seed"]) for r in serial]  # same order
+    for a, b in zip(serial, parallel, strict=True):  # deterministic training: the same weights and scores
+        assert (Path(a["run_dir"]) / "model.safetensors").read_bytes() == (
+            Path(b["run_dir"]) / "model.safetensors"
+        ).read_bytes()
+        assert a["normalized_score"] == b["normalized_score"]
+    assert sorted(d for d, _, _ in calls)[-1] == 4 and calls[-1] == (4, 4, "")
