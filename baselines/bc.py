@@ -6,8 +6,9 @@ directory (``config.json``, ``model.safetensors``, ``metrics.jsonl``) whose poli
 cross-entropy, so it is only as good as the tiers it is given (use ``expert``).
 
 ``filtered-bc`` is the strong simple reference of offline RL ("%BC"): the same loss on the top
-``top_fraction`` of episodes ranked by team return (ties broken by episode order), so on mixed
-data it imitates the best behaviour only. The episodes kept and their lowest return go into
+``top_fraction`` of episodes ranked by team return, ties broken by the shorter episode (reaching
+the same return sooner), then by episode order; so on mixed data it imitates the best
+behaviour only. The episodes kept and their lowest return go into
 ``config.json`` (``kept_episodes``, ``return_threshold``).
 
 Example::
@@ -96,7 +97,8 @@ def bc_loss(
 
 
 def top_episodes(data: dict[str, torch.Tensor], fraction: float) -> tuple[dict[str, torch.Tensor], float]:
-    """The transitions of the best ``fraction`` of episodes by team return, and the lowest return kept.
+    """The transitions of the best ``fraction`` of episodes by team return (ties: shorter first), and
+    the lowest return kept.
 
     ``data`` holds transitions [M, ...] in episode order with the team reward in ``reward[:, 0]``,
     or whole episodes [S, T, ...] with ``mask`` (one row each, as the GRU variant loads them).
@@ -109,8 +111,11 @@ def top_episodes(data: dict[str, torch.Tensor], fraction: float) -> tuple[dict[s
     ids, index = torch.unique_consecutive(ep, return_inverse=True)  # [E], [M] or [S]
     returns = torch.zeros(ids.numel(), dtype=torch.float64, device=ep.device)
     returns.index_add_(0, index, row_return)  # [E] team return per episode
+    steps = data["mask"].sum(1) if "mask" in data else torch.ones_like(ep)  # [S] or [M]
+    lengths = torch.zeros(ids.numel(), dtype=torch.long, device=ep.device).index_add_(0, index, steps.long())  # [E]
     n_keep = max(1, math.ceil(fraction * ids.numel()))
-    order = torch.sort(returns, descending=True, stable=True).indices[:n_keep]  # [K]
+    by_length = torch.sort(lengths, stable=True).indices  # [E]: shorter first, then episode order
+    order = by_length[torch.sort(returns[by_length], descending=True, stable=True).indices][:n_keep]  # [K]
     keep = torch.zeros(ids.numel(), dtype=torch.bool, device=ep.device)
     keep[order] = True
     rows = keep[index]  # [M] or [S]

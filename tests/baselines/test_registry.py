@@ -209,12 +209,16 @@ def test_reward_scale_scales_q_and_bound(tmp_path: Path) -> None:
 
 
 def test_filtered_bc_keeps_the_best_episodes(lbf_dataset_master: Path, tmp_path: Path) -> None:
-    data = {**_episodes([[0.0, 1.0], [0.0], [0.5, 0.0, 0.0], [1.0], [0.0, 0.0]]), "x": torch.arange(9)}
-    kept, threshold = top_episodes(data, 0.4)  # ceil(0.4 * 5) = 2 episodes: returns 1, 1 (ids 0 and 3)
-    assert torch.equal(torch.unique(kept["episode_id"]), torch.tensor([0, 3])) and threshold == 1.0
-    assert torch.equal(kept["x"], torch.tensor([0, 1, 6]))
-    kept, threshold = top_episodes(data, 0.01)  # at least one episode; ties go to the earlier one
-    assert torch.equal(torch.unique(kept["episode_id"]), torch.tensor([0]))
+    data = {**_episodes([[0.0, 1.0], [0.0], [0.5, 0.0, 0.0], [1.0], [0.0, 0.0], [1.0]]), "x": torch.arange(10)}
+    kept, threshold = top_episodes(data, 0.4)  # ceil(0.4 * 6) = 3 episodes: the three with return 1
+    assert torch.equal(torch.unique(kept["episode_id"]), torch.tensor([0, 3, 5])) and threshold == 1.0
+    assert torch.equal(kept["x"], torch.tensor([0, 1, 6, 9]))  # rows keep their order
+    kept, _ = top_episodes(data, 0.3)  # two of them: equal returns go to the shorter episodes
+    assert torch.equal(torch.unique(kept["episode_id"]), torch.tensor([3, 5]))
+    kept, _ = top_episodes(data, 0.01)  # at least one; equal return and length: the earlier one
+    assert torch.equal(torch.unique(kept["episode_id"]), torch.tensor([3]))
+    half, threshold = top_episodes(data, 0.6)  # four: the return-0.5 episode joins
+    assert torch.equal(torch.unique(half["episode_id"]), torch.tensor([0, 2, 3, 5])) and threshold == 0.5
 
     settings = {**_small("filtered-bc"), "top_fraction": 0.5}
     run = train("filtered-bc", lbf_dataset_master, ENV, None, tmp_path / "fbc", overrides=settings)
