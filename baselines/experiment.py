@@ -169,18 +169,6 @@ def _run_cell(
         for name in (RUN_CONFIG, RUN_WEIGHTS, RUN_METRICS):
             shutil.copy2(twin / name, run_dir / name)
         return _evaluate(run_dir, arm, config)
-    return _train_and_evaluate(dataset, env_id, tiers, run_dir, arm, seed, config)
-
-
-def _train_and_evaluate(
-    dataset: str | Path,
-    env_id: str,
-    tiers: Sequence[str] | None,
-    run_dir: Path,
-    arm: Arm,
-    seed: int,
-    config: GridConfig,
-) -> dict[str, Any]:
     train(arm.algo, dataset, env_id, tiers, run_dir, reward=arm.reward, task_input=arm.task_input,
           overrides=_settings(arm, config, seed))  # fmt: skip
     return _evaluate(run_dir, arm, config)
