@@ -6,7 +6,9 @@ directory (``config.json``, ``model.safetensors``, ``metrics.jsonl``).
 QMIX learns from the *team* reward only. The chosen per-agent values are mixed by a network
 whose weights come from hypernetworks on the global ``state`` and are made non-negative
 (``abs``), so ``Q_tot`` is monotonic in every ``Q_i`` and each agent's greedy action is
-consistent with the joint greedy action::
+consistent with the joint greedy action. The hypernetworks see the state standardised with the
+training data's mean and std (saved with the mixer): raw LBF states reach 7, which made the
+untrained mixer's ``Q_tot`` about 13 for rewards of at most 1::
 
     Q_tot(s, o, a) = Mix_s(Q_1(o_1, a_1), ..., Q_N(o_N, a_N)),   dQ_tot / dQ_i >= 0
     y = r_team + gamma * (1 - terminated) * Mix'_{s'}(Q'_i(o'_i, argmax_{legal a} Q_i(o'_i, a)))   (Double DQN)
@@ -58,10 +60,20 @@ class QMixer(nn.Module):
         self.hyper_b1 = nn.Linear(state_dim, hidden)
         self.hyper_w2 = nn.Linear(state_dim, hidden)
         self.hyper_b2 = nn.Sequential(nn.Linear(state_dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.register_buffer("state_mean", torch.zeros(state_dim))  # standardises the hypernetworks' input
+        self.register_buffer("state_std", torch.ones(state_dim))
+
+    def fit_state(self, states: torch.Tensor) -> QMixer:
+        """Standardise the state input with the training data's statistics (``states`` [M, S]); returns self."""
+        with torch.no_grad():
+            self.get_buffer("state_mean").copy_(states.float().mean(0))
+            self.get_buffer("state_std").copy_(states.float().std(0).clamp(min=1e-3))
+        return self
 
     def forward(self, q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """``q`` [B, N] chosen per-agent values, ``state`` [B, S] → ``Q_tot`` [B]."""
         b = q.shape[0]
+        state = (state - self.get_buffer("state_mean")) / self.get_buffer("state_std")  # [B, S]
         w1 = self.hyper_w1(state).abs().view(b, self.n_agents, self.hidden)  # [B, N, H] >= 0
         b1 = self.hyper_b1(state).unsqueeze(1)  # [B, 1, H]
         h = F.elu(torch.bmm(q.unsqueeze(1), w1) + b1)  # [B, 1, H]
@@ -117,7 +129,7 @@ def fit_qmix_cql(
         config,
         lambda b, nets: qmix_cql_loss(b, nets, config),
         progress,
-        mixer=lambda body: QMixer(body["n_agents"], body["state_dim"], config.mixer_hidden),
+        mixer=lambda body: QMixer(body["n_agents"], body["state_dim"], config.mixer_hidden).fit_state(data["state"]),
     )
 
 

@@ -40,6 +40,8 @@ PERIODIC_EVAL_OFFSET = 1_000_000
 """Evaluation seed index of the first periodic (during-training) episode: far from the final
 evaluation's seeds ``eval_seed(0..)``, so training never looks at them."""
 
+GUARD_WARMUP = 0.1
+"""Fraction of the gradient steps, at the start, that the divergence guard does not judge."""
 MAX_WIDTH = 4096
 """Largest hidden width accepted (configs and leaderboard architectures alike)."""
 
@@ -189,7 +191,8 @@ def train_loop(
 
     Divergence guard (Q-learners): with ``q_limit``, every row has ``diverged``, true from the
     first logged step whose mean Q on dataset actions (``q_tot_mean`` or ``q_mean`` of
-    ``loss_fn``'s extras) exceeds ``q_limit`` in magnitude, and true from then on.
+    ``loss_fn``'s extras) exceeds ``q_limit`` in magnitude, and true from then on. The first
+    ``GUARD_WARMUP`` of training is not judged: an untrained net's values say nothing yet.
     """
     train, val = split_episodes(data, config.val_fraction, config.seed)
     if train["obs"].shape[0] == 0:
@@ -222,7 +225,8 @@ def train_loop(
                 row.update(extras)
                 if q_limit is not None:
                     q_mean = extras.get("q_tot_mean", extras.get("q_mean"))
-                    diverged = diverged or (q_mean is not None and abs(q_mean) > q_limit)
+                    judged = step > GUARD_WARMUP * config.steps
+                    diverged = diverged or (judged and q_mean is not None and abs(q_mean) > q_limit)
                     row["diverged"] = diverged
                 if evaluate is not None and evaluate_now:
                     last_eval = evaluate()

@@ -17,6 +17,7 @@ from llmca_data.baselines.policy import RUN_CONFIG, RUN_METRICS, RUN_WEIGHTS, lo
 from llmca_data.baselines.q_learning import DIVERGENCE_FACTOR, q_bound
 from llmca_data.baselines.registry import ALGORITHMS, OFFLINE_ALGOS, UnknownAlgorithmError, get_algorithm
 from llmca_data.baselines.train import load_overrides, make_config, train
+from llmca_data.baselines.training import GUARD_WARMUP
 from llmca_data.config import ConfigError
 from llmca_data.loaders import OfflineDataset
 
@@ -191,6 +192,7 @@ def test_divergence_guard_flags_a_constructed_divergence(tmp_path: Path) -> None
     assert all("diverged" in r for r in rows)
     first = next(i for i, r in enumerate(rows) if r["diverged"])
     assert rows[first]["q_mean"] > DIVERGENCE_FACTOR and all(r["diverged"] for r in rows[first:])
+    assert rows[first]["step"] > GUARD_WARMUP * config.steps  # an untrained net is not judged
 
     ended = _ended(_bandit_data())
     run, _ = fit_iql_cql(ended, {"env_id": "bandit", "reward": "env"}, tmp_path / "ok", config)
@@ -248,3 +250,20 @@ def test_recurrent_bc_trains_on_whole_episodes_and_acts_statefully(
     first = [policy.act(obs, mask) for _ in range(3)]
     policy.reset()  # type: ignore[attr-defined]
     assert all(np.array_equal(a, b) for a, b in zip(first, [policy.act(obs, mask) for _ in range(3)], strict=True))
+
+
+def test_qmix_mixer_sees_the_standardised_state() -> None:
+    from llmca_data.baselines.qmix_cql import QMixer
+
+    torch.manual_seed(0)
+    states = torch.rand(500, 6) * torch.tensor([7.0, 7.0, 3.0, 1.0, 7.0, 0.1])  # [M, S] raw, uneven scales
+    fitted = QMixer(2, 6, 8).fit_state(states)
+    torch.testing.assert_close(fitted.get_buffer("state_mean"), states.mean(0))
+    torch.testing.assert_close(fitted.get_buffer("state_std"), states.std(0))
+    assert {"state_mean", "state_std"} <= set(fitted.state_dict())  # saved with the weights (safetensors)
+    plain = QMixer(2, 6, 8)
+    plain.load_state_dict({k: v for k, v in fitted.state_dict().items() if not k.startswith("state_")}, strict=False)
+    q = torch.randn(500, 2)  # [B, N]
+    with torch.no_grad():
+        standardised = (states - states.mean(0)) / states.std(0)
+        torch.testing.assert_close(fitted(q, states), plain(q, standardised))
