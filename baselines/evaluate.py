@@ -264,22 +264,24 @@ def evaluate_policy(
 
 
 def run_diverged(run_dir: Path) -> bool:
-    """Whether any row of the run's ``metrics.jsonl`` says ``"diverged": true`` (False without the file).
+    """Whether the last row of the run's ``metrics.jsonl`` (the evaluated, final checkpoint) says
+    ``"diverged": true``; False without the file or the key.
 
-    Q-learners log ``diverged`` (mean Q on dataset actions above 1.5 × the largest discounted
-    return-to-go of the training data); other runs never do. Unparseable lines are skipped.
+    Q-learners log ``diverged`` on every row (mean Q on dataset actions above 1.5 × the largest
+    discounted return-to-go of the training data); other runs never do. Unparseable lines are skipped.
     """
     path = Path(run_dir) / RUN_METRICS
     if not path.is_file():
         return False
+    last: dict[str, Any] = {}
     for line in path.read_text().splitlines():
         try:
             row = json.loads(line)
         except ValueError:
             continue
-        if isinstance(row, dict) and row.get("diverged") is True:
-            return True
-    return False
+        if isinstance(row, dict):
+            last = row
+    return last.get("diverged") is True
 
 
 def evaluate_run(run_dir: Path, config: EvalConfig | None = None, device: str = "cpu") -> dict[str, Any]:

@@ -12,8 +12,9 @@ Stabilisers, all recorded in ``config.json``:
   with rate ``tau`` every ``target_period`` steps (``tau = 1``: a hard copy);
 - **divergence guard**: ``q_bound`` is the largest |discounted return-to-go| of the training
   data under the training reward, in the same scaled units (of the team reward for Q_tot);
-  a run whose mean Q on dataset actions exceeds ``DIVERGENCE_FACTOR × q_bound`` in magnitude
-  is marked ``diverged`` in ``metrics.jsonl`` (and so in ``eval.json``).
+  every ``metrics.jsonl`` row says whether the mean Q on dataset actions exceeds
+  ``DIVERGENCE_FACTOR × q_bound`` in magnitude (``diverged``); the last row, the final
+  checkpoint's, goes into ``eval.json``.
 """
 
 from __future__ import annotations

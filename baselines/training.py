@@ -189,10 +189,10 @@ def train_loop(
     ``eval_return``/``eval_score`` to the row. ``after_step(step)`` runs after each update (e.g.
     target-network updates). ``progress`` gets the loss and the last evaluation as its status.
 
-    Divergence guard (Q-learners): with ``q_limit``, every row has ``diverged``, true from the
-    first logged step whose mean Q on dataset actions (``q_tot_mean`` or ``q_mean`` of
-    ``loss_fn``'s extras) exceeds ``q_limit`` in magnitude, and true from then on. The first
-    ``GUARD_WARMUP`` of training is not judged: an untrained net's values say nothing yet.
+    Divergence guard (Q-learners): with ``q_limit``, every row has ``diverged``: whether the mean Q
+    on dataset actions (``q_tot_mean`` or ``q_mean`` of ``loss_fn``'s extras) exceeds ``q_limit``
+    in magnitude at that step. The last row speaks for the final checkpoint (``eval.json``). The
+    first ``GUARD_WARMUP`` of training is not judged: an untrained net's values say nothing yet.
     """
     train, val = split_episodes(data, config.val_fraction, config.seed)
     if train["obs"].shape[0] == 0:
@@ -205,7 +205,6 @@ def train_loop(
     rows: list[dict[str, float | None]] = []
     last_eval: dict[str, float | None] = {}
     start = time.monotonic()
-    diverged = False
     with (out_dir / RUN_METRICS).open("w") as log:
         for step in range(1, config.steps + 1):
             loss, extras = loss_fn(sample_batch(train, config.batch_size, gen))
@@ -226,8 +225,7 @@ def train_loop(
                 if q_limit is not None:
                     q_mean = extras.get("q_tot_mean", extras.get("q_mean"))
                     judged = step > GUARD_WARMUP * config.steps
-                    diverged = diverged or (judged and q_mean is not None and abs(q_mean) > q_limit)
-                    row["diverged"] = diverged
+                    row["diverged"] = judged and q_mean is not None and abs(q_mean) > q_limit
                 if evaluate is not None and evaluate_now:
                     last_eval = evaluate()
                     row.update(last_eval)

@@ -184,6 +184,8 @@ def test_eval_json_records_protocol_act_frozen_and_diverged(bc_run: Path, tmp_pa
     with (run / RUN_METRICS).open("a") as f:
         f.write(json.dumps({"step": 40, "loss": 1e9, "diverged": True}) + "\n")
     assert run_diverged(run) and evaluate_run(run, EvalConfig(episodes=1))["diverged"] is True
+    (run / RUN_METRICS).write_text('{"step": 1, "diverged": true}\nnot json\n{"step": 2, "diverged": false}\n')
+    assert not run_diverged(run)  # the final checkpoint came back into range: the last row speaks
     (run / RUN_METRICS).write_text('{"step": 1, "diverged": false}\nnot json\n{"step": 2}\n')
     assert not run_diverged(run)
     (run / RUN_METRICS).unlink()

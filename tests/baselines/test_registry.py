@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from llmca_data.baselines.bc import FilteredBCConfig, top_episodes
+from llmca_data.baselines.evaluate import run_diverged
 from llmca_data.baselines.iql_cql import IQLCQLConfig, fit_iql_cql
 from llmca_data.baselines.policy import RUN_CONFIG, RUN_METRICS, RUN_WEIGHTS, load_policy
 from llmca_data.baselines.q_learning import DIVERGENCE_FACTOR, q_bound
@@ -190,14 +191,16 @@ def test_divergence_guard_flags_a_constructed_divergence(tmp_path: Path) -> None
     assert body["q_bound"] == pytest.approx(1.0) and body["q_limit"] == pytest.approx(DIVERGENCE_FACTOR)
     rows = [json.loads(line) for line in (run / RUN_METRICS).read_text().splitlines()]
     assert all("diverged" in r for r in rows)
-    first = next(i for i, r in enumerate(rows) if r["diverged"])
-    assert rows[first]["q_mean"] > DIVERGENCE_FACTOR and all(r["diverged"] for r in rows[first:])
-    assert rows[first]["step"] > GUARD_WARMUP * config.steps  # an untrained net is not judged
+    assert all(r["diverged"] == (r["step"] > GUARD_WARMUP * config.steps and abs(r["q_mean"]) > 1.5) for r in rows)
+    assert rows[-1]["diverged"] and rows[-1]["q_mean"] > DIVERGENCE_FACTOR  # the final checkpoint left the range
+    assert not any(r["diverged"] for r in rows if r["step"] <= GUARD_WARMUP * config.steps)  # not judged yet
+    assert run_diverged(run)
 
     ended = _ended(_bandit_data())
     run, _ = fit_iql_cql(ended, {"env_id": "bandit", "reward": "env"}, tmp_path / "ok", config)
     rows = [json.loads(line) for line in (run / RUN_METRICS).read_text().splitlines()]
     assert not any(r["diverged"] for r in rows) and abs(rows[-1]["q_mean"] - 1.0) < 0.2
+    assert not run_diverged(run)
 
 
 def test_reward_scale_scales_q_and_bound(tmp_path: Path) -> None:
