@@ -52,8 +52,6 @@ from .training import MAX_WIDTH, LearnerConfig
 Progress = Callable[[int, int], None]
 """``progress(step, total_steps)``; steps count over all agents (``n_agents * steps`` in all)."""
 
-CONFIG_CLASSES = {"d3rlpy-bc": "DiscreteBCConfig", "d3rlpy-cql": "DiscreteCQLConfig", "d3rlpy-bcq": "DiscreteBCQConfig"}
-"""Algorithm id (CONTRACT) → the d3rlpy config class that builds it."""
 LOG_EVERY = 1000
 """Largest d3rlpy epoch (steps per ``metrics.jsonl`` row and per ``progress`` call)."""
 
@@ -64,6 +62,8 @@ class D3rlpyConfig(LearnerConfig):
     baselines' (``TrainConfig``/``QConfig``); ``d3rlpy_params`` maps them to d3rlpy."""
 
     ALGO: ClassVar[str] = ""
+    D3RLPY_CLASS: ClassVar[str] = ""
+    """The d3rlpy config class (in ``d3rlpy.algos``) that builds the learners."""
 
     def d3rlpy_params(self) -> dict[str, Any]:
         """Keyword arguments of the d3rlpy config class (besides the encoder)."""
@@ -75,6 +75,7 @@ class D3rlpyBCConfig(D3rlpyConfig):
     """``d3rlpy-bc``: d3rlpy's ``DiscreteBC`` (it trains without action masks; acting masks them)."""
 
     ALGO: ClassVar[str] = "d3rlpy-bc"
+    D3RLPY_CLASS: ClassVar[str] = "DiscreteBCConfig"
     hidden: tuple[int, ...] = bounded((256, 256), low=1, high=MAX_WIDTH)
     """Hidden layer sizes, as our ``bc``'s."""
 
@@ -108,6 +109,7 @@ class D3rlpyCQLConfig(D3rlpyQConfig):
     """``d3rlpy-cql``: d3rlpy's ``DiscreteCQL``."""
 
     ALGO: ClassVar[str] = "d3rlpy-cql"
+    D3RLPY_CLASS: ClassVar[str] = "DiscreteCQLConfig"
     cql_alpha: float = bounded(0.1, low=0.0)
     """Weight of the conservative penalty (d3rlpy's ``alpha``; its default is 1.0)."""
 
@@ -120,6 +122,7 @@ class D3rlpyBCQConfig(D3rlpyQConfig):
     """``d3rlpy-bcq``: d3rlpy's ``DiscreteBCQ``."""
 
     ALGO: ClassVar[str] = "d3rlpy-bcq"
+    D3RLPY_CLASS: ClassVar[str] = "DiscreteBCQConfig"
     action_flexibility: float = bounded(0.3, low=0.0, high=1.0, open_low=True)
     """Actions whose imitator probability is below this × the likeliest one's are never chosen."""
 
@@ -129,6 +132,8 @@ class D3rlpyBCQConfig(D3rlpyQConfig):
 
 CONFIGS: dict[str, type[D3rlpyConfig]] = {c.ALGO: c for c in (D3rlpyBCConfig, D3rlpyCQLConfig, D3rlpyBCQConfig)}
 """Algorithm id → our config class."""
+CONFIG_CLASSES: dict[str, str] = {algo: c.D3RLPY_CLASS for algo, c in CONFIGS.items()}
+"""Algorithm id (CONTRACT) → the d3rlpy config class that builds it."""
 
 
 @contextlib.contextmanager
@@ -154,11 +159,11 @@ def resolve_device(device: str) -> str:
 def make_d3rlpy_config(config: D3rlpyConfig) -> Any:
     """The d3rlpy ``LearnableConfig`` of ``config``: its class, an MLP encoder of ``hidden`` and
     every parameter ``d3rlpy_params`` maps."""
-    if config.ALGO not in CONFIG_CLASSES:
-        raise ValueError(f"unknown d3rlpy algorithm {config.ALGO!r}; known: {', '.join(CONFIG_CLASSES)}")
+    if not config.D3RLPY_CLASS:
+        raise ValueError(f"{type(config).__name__} names no d3rlpy algorithm; use one of {', '.join(CONFIGS)}")
     d3rlpy = _d3rlpy()
     encoder = d3rlpy.models.VectorEncoderFactory(hidden_units=list(config.hidden))
-    return getattr(d3rlpy.algos, CONFIG_CLASSES[config.ALGO])(encoder_factory=encoder, **config.d3rlpy_params())
+    return getattr(d3rlpy.algos, config.D3RLPY_CLASS)(encoder_factory=encoder, **config.d3rlpy_params())
 
 
 def _epoch_steps(steps: int) -> int:

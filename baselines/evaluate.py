@@ -32,7 +32,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, cast, get_args
 
 import numpy as np
 
@@ -48,7 +48,7 @@ from .training import resolve_device
 
 PROTOCOL_VERSION = 2
 """Evaluation protocol (DESIGN.md §8) recorded as ``protocol`` in results; results without it are protocol 1."""
-ACT_MODES: tuple[Act, ...] = ("greedy", "sample")
+ACT_MODES: tuple[Act, ...] = get_args(Act)
 SAMPLING_ALGOS = frozenset(algo for algo, spec in ALGORITHMS.items() if "sample" in spec.acts)
 """Algorithm ids (the BC family, from the registry) whose policies may act by sampling; every other
 one acts greedily."""

@@ -96,7 +96,7 @@ def run_grid(
     With ``config.workers`` > 1 the runs go to that many processes (one torch thread each).
     """
     for arm in config.arms:
-        make_config(arm.algo, reward=arm.reward, task_input=arm.task_input, settings=_settings(arm, config, 0))
+        check_arm(arm, config)
     cells = [(arm, seed) for arm in config.arms for seed in config.seeds]
     first: dict[tuple[Arm, int], Path] = {}  # training identity → the run directory that trains it
     jobs: list[tuple[Arm, int, Path | None]] = []
@@ -172,6 +172,16 @@ def _run_cell(
     train(arm.algo, dataset, env_id, tiers, run_dir, reward=arm.reward, task_input=arm.task_input,
           overrides=_settings(arm, config, seed))  # fmt: skip
     return _evaluate(run_dir, arm, config)
+
+
+def check_arm(arm: Arm, config: GridConfig) -> None:
+    """Refuse now what training ``arm`` in this grid would refuse later.
+
+    Raises:
+        UnknownAlgorithmError: an algorithm that is not an offline one.
+        ConfigError: a reward source or task input the algorithm does not take, or a bad config field.
+    """
+    make_config(arm.algo, reward=arm.reward, task_input=arm.task_input, settings=_settings(arm, config, 0))
 
 
 def _settings(arm: Arm, config: GridConfig, seed: int) -> dict[str, Any]:

@@ -122,19 +122,20 @@ def fit_q_learner(
     progress: Progress | None = None,
     on_step: Callable[[int], None] | None = None,
     mixer: Callable[[dict[str, Any]], nn.Module] | None = None,
+    q_tot: bool = False,
 ) -> tuple[Path, GreedyPolicy]:
     """Seed, scale rewards, build online and target nets, train with the guard, write the run.
 
     ``loss(batch, nets)`` is the algorithm; ``on_step(step)`` runs after each update (e.g. a
-    schedule); ``mixer(body)`` builds a mixing network (QMIX: Q_tot, guarded on the team return).
+    schedule); ``mixer(body)`` builds a mixing network (QMIX); ``q_tot``: the loss reports the
+    joint value (VDN/QMIX), so the guard bounds it by the team return.
     """
     torch.manual_seed(config.seed)
     data = {**data, "reward": data["reward"] * config.reward_scale}
     body = run_config(algo, data, config, info)
     if mixer is not None:
         body["state_dim"] = int(data["state"].shape[-1])
-    team = algo in ("vdn-cql", "qmix-cql")
-    body["q_bound"] = q_bound(data, config.gamma, team=team)
+    body["q_bound"] = q_bound(data, config.gamma, team=q_tot)
     body["q_limit"] = DIVERGENCE_FACTOR * max(body["q_bound"], MIN_BOUND)
     device = data["obs"].device
     online = AgentNet(

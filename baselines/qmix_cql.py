@@ -130,6 +130,7 @@ def fit_qmix_cql(
         lambda b, nets: qmix_cql_loss(b, nets, config),
         progress,
         mixer=lambda body: QMixer(body["n_agents"], body["state_dim"], config.mixer_hidden).fit_state(data["state"]),
+        q_tot=True,
     )
 
 

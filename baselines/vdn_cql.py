@@ -66,7 +66,9 @@ def fit_vdn_cql(
     progress: Progress | None = None,
 ) -> tuple[Path, GreedyPolicy]:
     """Train on resident transition tensors (team reward) and write the run directory."""
-    return fit_q_learner(ALGO, data, info, out_dir, config, lambda b, nets: vdn_cql_loss(b, nets, config), progress)
+    return fit_q_learner(
+        ALGO, data, info, out_dir, config, lambda b, nets: vdn_cql_loss(b, nets, config), progress, q_tot=True
+    )
 
 
 def train_vdn_cql(

@@ -33,7 +33,7 @@ from llmca_data.cli import app, console, critic_eval_table, err_console
 from llmca_data.cli.progress import progress_bar
 
 if TYPE_CHECKING:
-    from llmca_data.baselines.experiment import Arm
+    from llmca_data.baselines.experiment import GridConfig
     from llmca_data.recipe import AnnotateSpec, Recipe
 
 
@@ -67,7 +67,7 @@ def pipeline_cmd(
     recipe, _ = load_recipe(recipe_name)
     recipe = replace(recipe, workers=recipe.workers if workers is None else workers,
                      seed=recipe.seed if seed is None else seed)  # fmt: skip
-    arms = _check_recipe(recipe, recipe_name)
+    grid = _check_recipe(recipe, recipe_name)
     dataset = out / "dataset"
     started = time.perf_counter()
     record: dict[str, object] = {
@@ -158,7 +158,7 @@ def pipeline_cmd(
             f"transitions, {check['d3rlpy_timeouts']} timed out): {'agree' if check['agree'] else 'DISAGREE'}"
         )
     (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
-    record["train"] = runs = _train_baselines(dataset, out / "runs", recipe, arms)
+    record["train"] = runs = _train_baselines(dataset, out / "runs", recipe, grid)
     stage_seconds["train"] = _lap(started, stage_seconds)
     (out / "pipeline.json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     record["leaderboard"] = _leaderboard(dataset, out, runs, recipe)
@@ -176,18 +176,18 @@ def _lap(started: float, laps: dict[str, float]) -> float:
     return round(time.perf_counter() - started - sum(laps.values()), 1)
 
 
-def _check_recipe(recipe: Recipe, owner: str) -> list[Arm]:
-    """Check the recipe's critic ids and arms against the registries (before anything runs) and
-    return the arms to train: each arm once per act mode its algorithm reports (protocol v2: the
-    BC family greedy and sampled, the value-based learners greedy).
+def _check_recipe(recipe: Recipe, owner: str) -> GridConfig:
+    """Check the recipe's critic ids and arms as the stages that use them will (before anything
+    runs) and return the training grid: each arm once per act mode its algorithm reports
+    (protocol v2: the BC family greedy and sampled, the value-based learners greedy).
 
     Raises:
         RecipeError: naming the key of the bad critic or arm.
     """
     from llmca_data.annotation.critic import make_critic
-    from llmca_data.baselines.experiment import Arm
+    from llmca_data.annotation.llm.critic import LLMConfig
+    from llmca_data.baselines.experiment import Arm, GridConfig, check_arm
     from llmca_data.baselines.registry import get_algorithm
-    from llmca_data.baselines.train import make_config
     from llmca_data.recipe import RecipeError
 
     for i, critic_id in enumerate(recipe.annotate.critics):
@@ -196,18 +196,26 @@ def _check_recipe(recipe: Recipe, owner: str) -> list[Arm]:
         except ValueError as exc:
             raise RecipeError(f"{owner}: annotate.critics[{i}]: {exc}") from None
     for i, critic_id in enumerate(recipe.annotate.llm_critics):
-        if critic_id not in ("llm-mca", "llm-taca"):
-            raise RecipeError(f"{owner}: annotate.llm_critics[{i}] {critic_id!r}: use llm-mca, llm-taca")
-    arms = []
+        try:
+            LLMConfig(critic=critic_id)
+        except ValueError as exc:
+            raise RecipeError(f"{owner}: annotate.llm_critics[{i}]: {exc}") from None
+    arms: list[tuple[int, Arm]] = []
     for i, spec in enumerate(recipe.train.arms):
         try:
-            make_config(spec.algo, reward=spec.reward, task_input=spec.task_input,
-                        settings={"steps": recipe.train.steps, **spec.config})  # fmt: skip
+            acts = get_algorithm(spec.algo, offline=True).acts
         except ValueError as exc:
             raise RecipeError(f"{owner}: train.arms[{i}]: {exc}") from None
-        for act in get_algorithm(spec.algo).acts:
-            arms.append(Arm(spec.algo, spec.reward, spec.task_input, act, tuple(spec.config.items())))
-    return arms
+        arms += [(i, Arm(spec.algo, spec.reward, spec.task_input, act, tuple(spec.config.items()))) for act in acts]
+    train = recipe.train
+    grid = GridConfig(arms=tuple(arm for _, arm in arms), seeds=tuple(range(train.seeds)), steps=train.steps,
+                      eval_episodes=recipe.evaluate.episodes, workers=recipe.workers)  # fmt: skip
+    for i, arm in arms:
+        try:
+            check_arm(arm, grid)
+        except ValueError as exc:
+            raise RecipeError(f"{owner}: train.arms[{i}]: {exc}") from None
+    return grid
 
 
 def _annotate_llm(dataset: Path, config: AnnotateSpec, envs: tuple[str, ...]) -> list[dict[str, object]]:
@@ -244,13 +252,11 @@ def _annotate_llm(dataset: Path, config: AnnotateSpec, envs: tuple[str, ...]) ->
     return out
 
 
-def _train_baselines(dataset: Path, runs: Path, recipe: Recipe, arms: list[Arm]) -> list[dict[str, object]]:
-    """Train and evaluate the arms × seeds on each training env; print them side by side."""
-    from llmca_data.baselines.experiment import GridConfig, run_grid, summarize
+def _train_baselines(dataset: Path, runs: Path, recipe: Recipe, grid: GridConfig) -> list[dict[str, object]]:
+    """Train and evaluate the grid's arms × seeds on each training env; print them side by side."""
+    from llmca_data.baselines.experiment import run_grid, summarize
 
     train = recipe.train
-    grid = GridConfig(arms=tuple(arms), seeds=tuple(range(train.seeds)), steps=train.steps,
-                      eval_episodes=recipe.evaluate.episodes, workers=recipe.workers)  # fmt: skip
     rows: list[dict[str, object]] = []
     for env_id in train.envs:
         with progress_bar(f"train + evaluate on {env_id}", "runs") as update:
