@@ -30,14 +30,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llmca_data import __version__
+from llmca_data.dataset import Dataset, EpisodeCredits, writing
 from llmca_data.envs import make_env
 from llmca_data.envs.base import EnvSpec
-from llmca_data.info import load_info, spec_from_info
-from llmca_data.layout import INFO_PATH, ShardName
+from llmca_data.errors import UnknownEnvError, UnknownTierError
+from llmca_data.info import spec_from_info
+from llmca_data.layout import ShardName
 from llmca_data.rollout import Episode
-from llmca_data.schema import annotations_schema, credit_column, from_fsl, fsl, to_fsl
-from llmca_data.shards import Commit, DatasetLock, Manifest, read_shard, write_json_atomic
+from llmca_data.schema import annotations_schema, credit_column, from_fsl
 from llmca_data.tables import tables_to_episodes
 
 from .critic import Critic, CriticOutput
@@ -107,12 +107,11 @@ def annotate(
     """
     started = time.perf_counter()
     column = credit_column(critic.critic_id)
-    with DatasetLock(root):
-        manifest = Manifest.load(root)
-        info = load_info(root)
-        plan = _plan(root, manifest, column, envs, tiers, force, limit)
+    with writing(root, create=False) as ds:
+        info = ds.info()
+        plan = _plan(ds, column, envs, tiers, force, limit)
         total = int(sum(w.todo.size for w in plan))
-        _record_critic(root, info, critic)
+        ds.record_critic(critic.critic_id, critic.params())
         done = failed = steps = env_steps = tokens_in = tokens_out = 0
         cost = 0.0
         shards: list[str] = []
@@ -126,7 +125,7 @@ def annotate(
                 if work.todo.size == 0:
                     continue
                 spec = spec_from_info(info["envs"][work.shard.env_id])
-                steps_table, episodes = _load_episodes(root, manifest, work, spec)
+                steps_table, episodes = _load_episodes(ds, work, spec)
                 size = len(episodes) if batched else chunk_episodes
                 chunks = [episodes[k : k + size] for k in range(0, len(episodes), size)]
                 outputs: list[CriticOutput] = []
@@ -144,9 +143,12 @@ def annotate(
                         done += len(chunk)
                         if progress:
                             progress(done, total)
-                commit = Commit(root, manifest)
-                _write_credits(root, commit, work.shard, steps_table, spec, critic, episodes, outputs)
-                commit.apply()
+                credits = [
+                    EpisodeCredits(e.episode_id, o.credits, o.tasks) for e, o in zip(episodes, outputs, strict=True)
+                ]
+                rows = annotation_rows(critic, episodes, outputs, spec)
+                ds.write_critic(work.shard, steps_table, critic.critic_id, spec.n_agents, credits, rows)
+                ds.commit()
                 shards.append(str(work.shard))
                 failed += sum(o.status == "failed" for o in outputs)
                 steps += sum(e.length for e in episodes)
@@ -168,35 +170,38 @@ def annotate(
 
 
 def _plan(
-    root: Path,
-    manifest: Manifest,
+    ds: Dataset,
     column: str,
     envs: tuple[str, ...],
     tiers: tuple[str, ...],
     force: bool,
     limit: int = 0,
 ) -> list[_Work]:
-    present = sorted({n.env_id for n in manifest.shards(kind="steps")})
+    root = ds.root
+    present = ds.envs()
     unknown = [e for e in envs if e not in present]
     if unknown:
-        raise ValueError(f"{root} has no env {', '.join(unknown)}; it holds {', '.join(present) or 'nothing'}")
+        raise UnknownEnvError(
+            f"{root} has no env {', '.join(unknown)}; it holds {', '.join(present) or 'nothing'}: "
+            "pick --env from those, or collect that env first"
+        )
+    present_tiers = sorted({n.tier for n in ds.shards(kind="steps")})
+    if missing_tiers := [t for t in tiers if t not in present_tiers]:
+        raise UnknownTierError(
+            f"{root} has no tier {', '.join(missing_tiers)}; it holds {', '.join(present_tiers) or 'nothing'}: "
+            "pick --tier from those, or collect that tier first"
+        )
     plan = []
     names = [
-        n
-        for n in manifest.shards(kind="steps")
-        if not ((envs and n.env_id not in envs) or (tiers and n.tier not in tiers))
+        n for n in ds.shards(kind="steps") if not ((envs and n.env_id not in envs) or (tiers and n.tier not in tiers))
     ]
     allowed: dict[str, np.ndarray] = {}
     if limit > 0:
         for env_id in sorted({n.env_id for n in names}):
-            ids = [
-                read_shard(root / str(n), ["episode_id"]).column("episode_id").to_numpy()
-                for n in names
-                if n.env_id == env_id
-            ]
+            ids = [ds.read(n, ["episode_id"]).column("episode_id").to_numpy() for n in names if n.env_id == env_id]
             allowed[env_id] = np.unique(np.concatenate(ids))[:limit]
     for name in names:
-        table = read_shard(root / str(name), ["episode_id", *([column] if column in _columns(root, name) else [])])
+        table = ds.read(name, ["episode_id", *([column] if column in ds.schema(name).names else [])])
         ids = table.column("episode_id").to_numpy()
         if limit > 0:
             keep = np.isin(ids, allowed[name.env_id])
@@ -215,22 +220,6 @@ def _plan(
     return plan
 
 
-def _columns(root: Path, name: ShardName) -> list[str]:
-    import pyarrow.parquet as pq
-
-    return list(pq.read_schema(root / str(name)).names)
-
-
-def _record_critic(root: Path, info: dict[str, Any], critic: Critic) -> None:
-    critics = info.setdefault("critics", {})
-    critics[critic.critic_id] = {
-        "column": credit_column(critic.critic_id),
-        "params": critic.params(),
-        "package_version": __version__,
-    }
-    write_json_atomic(root / INFO_PATH, info)
-
-
 def plan_episodes(
     root: Path,
     critic_id: str,
@@ -240,97 +229,23 @@ def plan_episodes(
     limit: int = 0,
 ) -> list[tuple[EnvSpec, list[Episode]]]:
     """The episodes ``annotate`` would give ``critic_id``, per shard, without touching anything (dry runs)."""
-    manifest = Manifest.load(root)
-    info = load_info(root)
+    ds = Dataset.open(root)
+    info = ds.info()
     out = []
-    for work in _plan(root, manifest, credit_column(critic_id), envs, tiers, force, limit):
+    for work in _plan(ds, credit_column(critic_id), envs, tiers, force, limit):
         if work.todo.size:
             spec = spec_from_info(info["envs"][work.shard.env_id])
-            out.append((spec, _load_episodes(root, manifest, work, spec)[1]))
+            out.append((spec, _load_episodes(ds, work, spec)[1]))
     return out
 
 
-def _load_episodes(root: Path, manifest: Manifest, work: _Work, spec: EnvSpec) -> tuple[pa.Table, list[Episode]]:
-    steps = read_shard(root / str(work.shard))
-    names = manifest.shards(work.shard.env_id, "episodes", work.shard.tier)
-    eps = pa.concat_tables([read_shard(root / str(n)) for n in names])
+def _load_episodes(ds: Dataset, work: _Work, spec: EnvSpec) -> tuple[pa.Table, list[Episode]]:
+    steps = ds.read(work.shard)
+    eps = pa.concat_tables([ds.read(n) for n in ds.shards(work.shard.env_id, "episodes", work.shard.tier)])
     wanted = pa.array(work.todo, pa.int64())
     sub_steps = steps.filter(pc.is_in(steps.column("episode_id"), wanted))
     sub_eps = eps.filter(pc.is_in(eps.column("episode_id"), wanted)).sort_by("episode_id")
     return steps, tables_to_episodes(sub_steps, sub_eps, spec)
-
-
-def _write_credits(
-    root: Path,
-    commit: Commit,
-    shard: ShardName,
-    steps: pa.Table,
-    spec: EnvSpec,
-    critic: Critic,
-    episodes: list[Episode],
-    outputs: list[CriticOutput],
-) -> None:
-    """Stage the steps shard with the new credits and the annotations shard with the new rows."""
-    n = spec.n_agents
-    column = credit_column(critic.critic_id)
-    ids = steps.column("episode_id").to_numpy()
-    if column in steps.column_names:
-        credits = from_fsl(steps.column(column), (n,)).copy()  # [M, N]
-    else:
-        credits = np.full((steps.num_rows, n), np.nan, np.float32)  # [M, N]
-    for episode, out in zip(episodes, outputs, strict=True):
-        lo = int(np.searchsorted(ids, episode.episode_id, "left"))
-        if out.credits.shape != (episode.length, n):
-            raise ValueError(
-                f"{critic.critic_id}: credits of shape {out.credits.shape} for {episode.length} steps, {n} agents"
-            )
-        credits[lo : lo + episode.length] = out.credits
-    array = to_fsl(credits.astype(np.float32), pa.float32())
-    if column in steps.column_names:
-        steps = steps.set_column(
-            steps.schema.get_field_index(column), pa.field(column, fsl(pa.float32(), n), nullable=False), array
-        )
-    else:
-        steps = steps.append_column(pa.field(column, fsl(pa.float32(), n), nullable=False), array)
-    if any(o.tasks is not None for o in outputs):
-        steps = _with_tasks(steps, critic.critic_id, n, ids, episodes, outputs)
-    commit.write(str(shard), steps)
-
-    rows = annotation_rows(critic, episodes, outputs, spec)
-    ann_name = ShardName(shard.env_id, "annotations", shard.tier, shard.index)
-    ann_path = root / str(ann_name)
-    if str(ann_name) in commit.manifest.files:
-        old = read_shard(ann_path)
-        replaced = pc.and_(
-            pc.equal(old.column("critic"), critic.critic_id),
-            pc.is_in(old.column("episode_id"), rows.column("episode_id")),
-        )
-        rows = pa.concat_tables([old.filter(pc.invert(replaced)).cast(rows.schema), rows])
-    commit.write(str(ann_name), rows.sort_by([("episode_id", "ascending"), ("critic", "ascending")]))
-
-
-def task_column(critic_id: str) -> str:
-    """Column of a critic's task assignments: ``llm-taca`` → ``task_llm_taca``."""
-    return "task_" + critic_id.replace("-", "_")
-
-
-def _with_tasks(
-    steps: pa.Table, critic_id: str, n: int, ids: np.ndarray, episodes: list[Episode], outputs: list[CriticOutput]
-) -> pa.Table:
-    """Set the ``[N] int16`` task column (−1 where no task was assigned or the critic failed)."""
-    column = task_column(critic_id)
-    if column in steps.column_names:
-        tasks = from_fsl(steps.column(column), (n,)).astype(np.int16)  # [M, N]
-    else:
-        tasks = np.full((steps.num_rows, n), -1, np.int16)  # [M, N]
-    for episode, out in zip(episodes, outputs, strict=True):
-        lo = int(np.searchsorted(ids, episode.episode_id, "left"))
-        tasks[lo : lo + episode.length] = -1 if out.tasks is None else out.tasks
-    field = pa.field(column, fsl(pa.int16(), n), nullable=False)
-    array = to_fsl(tasks, pa.int16())
-    if column in steps.column_names:
-        return steps.set_column(steps.schema.get_field_index(column), field, array)
-    return steps.append_column(field, array)
 
 
 def annotation_rows(critic: Critic, episodes: list[Episode], outputs: list[CriticOutput], spec: EnvSpec) -> pa.Table:

@@ -4,7 +4,7 @@ Input: an ``Episode`` (and, for critics that re-simulate, a live env to replay i
 Output: a ``CriticOutput`` with ``credits`` ``float32[T, N]`` (NaN when the critic failed,
 never zeros), an ``annotations`` status, and optional rationales, summary and tasks.
 Critics are plugins: anything with ``critic_id``, ``needs_env``, ``params()`` and
-``annotate()`` works with ``llmca annotate``.
+``annotate()`` works with ``llmca annotate``; ``registry.py`` builds them by id.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from llmca_data.envs.base import MultiAgentEnv
-from llmca_data.errors import UnknownCriticError
 from llmca_data.rollout import Episode
 from llmca_data.schema import ANNOTATION_STATUSES
 
@@ -60,26 +59,3 @@ class Critic(Protocol):
         ...
 
     def annotate(self, episode: Episode, env: MultiAgentEnv | None) -> CriticOutput: ...
-
-
-def make_critic(critic_id: str, *, horizon: int = 1, gamma: float = 0.99, samples: int = 256, seed: int = 0) -> Critic:
-    """Build a reference critic: ``uniform``, ``shapley`` or ``counterfactual`` (``--horizon`` > 1 → ``-h<H>``)."""
-    if critic_id == "uniform":
-        from .uniform import UniformCritic
-
-        return UniformCritic()
-    if critic_id == "shapley":
-        from .shapley import ShapleyCritic
-
-        return ShapleyCritic(samples=samples, seed=seed)
-    if critic_id == "counterfactual" or critic_id.startswith("counterfactual-h"):
-        from .counterfactual import CounterfactualCritic
-
-        if critic_id != "counterfactual":
-            horizon = int(critic_id.removeprefix("counterfactual-h"))
-        return CounterfactualCritic(horizon=horizon, gamma=gamma)
-    raise UnknownCriticError(
-        f"unknown critic {critic_id!r}: reference critics are uniform, shapley, counterfactual "
-        "(with --horizon H for counterfactual-h<H>); LLM critics are llm-mca and llm-taca; "
-        "to import credits computed elsewhere use --from-file FILE --critic-id NAME"
-    )

@@ -3,8 +3,9 @@
 Input: a dataset directory (DESIGN.md §6) whose committed steps shards carry the credit
 columns of both critics (``credit_<id>`` with ``-`` → ``_``, e.g. ``counterfactual-h5`` →
 ``credit_counterfactual_h5``), optionally restricted to some envs and tiers. Only the
-columns ``episode_id``, ``reward_team`` and the two credit columns are read, shard by shard,
-with page checksums verified.
+columns ``episode_id``, ``reward_team`` and the credit columns are read, each shard once
+(``Dataset.scan``, also when ``critic_eval_pairs`` scores several pairs), with page
+checksums verified.
 
 Output: a list of rows ``{"env_id", "tier", **CreditScores.to_dict()}`` (metrics defined in
 ``llmca_data.annotation.metrics``): one per (env, tier) that has steps shards, in env and
@@ -21,19 +22,17 @@ column absent from every selected shard is an ``UnknownCriticError``.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from llmca_data.dataset import Dataset
 from llmca_data.errors import ShardError, UnknownCriticError, UnknownEnvError
-from llmca_data.layout import INFO_PATH, ShardName
+from llmca_data.layout import ShardName
 from llmca_data.schema import credit_column, from_fsl
-from llmca_data.shards import Manifest, read_shard
 from llmca_data.tiers import tier_spec
 
 from .metrics import DEFAULT_TOL, CreditTally, combine_tallies, tally_credits
@@ -54,7 +53,11 @@ def critic_eval(
     Returns:
         Rows ``{"env_id", "tier", **scores}`` as the module docstring describes.
     """
-    tallies = credit_tallies(root, critic, reference, envs, tiers, tol)
+    return _rows(credit_tallies(root, critic, reference, envs, tiers, tol))
+
+
+def _rows(tallies: dict[tuple[str, str], CreditTally]) -> list[dict[str, Any]]:
+    """Per (env, tier), per env and overall rows of one pair's tallies."""
     if not tallies:
         return []
     rows: list[dict[str, Any]] = []
@@ -66,6 +69,33 @@ def critic_eval(
         rows.append(_row(env_id, ALL, env_tallies[-1]))
     rows.append(_row(ALL, ALL, combine_tallies(env_tallies)))
     return rows
+
+
+def critic_eval_pairs(root: Path, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """``critic_eval`` of each distinct (critic, reference) pair, each scored once, every shard read once."""
+    distinct = list(dict.fromkeys(pairs))
+    if not distinct:
+        return {}
+    tallies = _pair_tallies(Dataset.open(root), distinct, None, None, DEFAULT_TOL)
+    return {pair: _rows(t) for pair, t in tallies.items()}
+
+
+def card_rows(evals: dict[tuple[str, str], list[dict[str, Any]]], reference: str) -> list[dict[str, Any]]:
+    """The dataset card's critic-eval rows: every scored critic against ``reference``, labelled."""
+    return [
+        {**row, "critic": critic, "reference": ref}
+        for (critic, ref), rows in evals.items()
+        if ref == reference
+        for row in rows
+    ]
+
+
+def critic_eval_all(root: Path, reference: str) -> list[dict[str, Any]]:
+    """Every critic of the dataset scored against ``reference`` (the card's rows); [] without it."""
+    critics = _present_critics(Dataset.open(root))
+    if reference not in critics:
+        return []
+    return card_rows(critic_eval_pairs(root, ((c, reference) for c in critics if c != reference)), reference)
 
 
 def credit_tallies(
@@ -93,47 +123,44 @@ def credit_tallies(
         UnknownTierError: a name in ``tiers`` is not a contract tier.
         ShardError: a shard is unreadable or corrupt.
     """
-    root = Path(root)
-    all_steps = Manifest.load(root).shards(kind="steps")
+    return _pair_tallies(Dataset.open(root), [(critic, reference)], envs, tiers, tol)[critic, reference]
+
+
+def _pair_tallies(
+    ds: Dataset, pairs: list[tuple[str, str]], envs: Names, tiers: Names, tol: float
+) -> dict[tuple[str, str], dict[tuple[str, str], CreditTally]]:
+    """``credit_tallies`` of several (critic, reference) pairs from one scan of the selected shards."""
+    all_steps = ds.shards(kind="steps")
     present_envs = sorted({n.env_id for n in all_steps})
     if envs is not None:
         missing = [e for e in envs if e not in present_envs]
         if missing:
             raise UnknownEnvError(
-                f"{root} has no steps for env {', '.join(missing)}; envs present: {', '.join(present_envs) or 'none'}"
+                f"{ds.root} has no steps for env {', '.join(missing)}; "
+                f"envs present: {', '.join(present_envs) or 'none'}"
             )
     for tier in tiers or ():
         tier_spec(tier)
     selected = [n for n in all_steps if (envs is None or n.env_id in envs) and (tiers is None or n.tier in tiers)]
     if not selected:
-        return {}
-    schemas = {n: _schema(root, n) for n in selected}
-    columns = (credit_column(critic), credit_column(reference))
-    for critic_id, col in zip((critic, reference), columns, strict=True):
-        if not any(col in s.names for s in schemas.values()):
-            raise UnknownCriticError(_unknown_message(root, critic_id, col, all_steps))
-    tallies: dict[tuple[str, str], CreditTally] = {}
-    for env_id, tier in sorted({(n.env_id, n.tier) for n in selected}):
-        names = [n for n in selected if n.env_id == env_id and n.tier == tier]
-        crit, ref, reward, episode = _load(root, names, schemas, columns)
-        tallies[env_id, tier] = tally_credits(crit, ref, reward, episode, tol)
-    return tallies
+        return {pair: {} for pair in pairs}
+    critic_ids = list(dict.fromkeys(c for pair in pairs for c in pair))
+    for critic_id in critic_ids:
+        if not any(credit_column(critic_id) in ds.schema(n).names for n in selected):
+            raise UnknownCriticError(_unknown_message(ds, critic_id))
+    credits = _Credits([credit_column(c) for c in critic_ids])
+    ds.scan([credits], selected)
+    return {
+        (critic, ref): {
+            key: tally_credits(*credits.arrays(key, credit_column(critic), credit_column(ref)), tol)
+            for key in sorted(credits.parts)
+        }
+        for critic, ref in pairs
+    }
 
 
 def _row(env_id: str, tier: str, tally: CreditTally) -> dict[str, Any]:
     return {"env_id": env_id, "tier": tier, **tally.scores().to_dict()}
-
-
-def _schema(root: Path, name: ShardName) -> pa.Schema:
-    path = root / str(name)
-    try:
-        schema: pa.Schema = pq.read_schema(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise ShardError(
-            f"{path}: unreadable or corrupt Parquet ({exc}); re-download or re-collect this shard "
-            "(`llmca validate` lists every damaged file)"
-        ) from exc
-    return schema
 
 
 def _n_agents(schema: pa.Schema, columns: Iterable[str]) -> int:
@@ -144,50 +171,47 @@ def _n_agents(schema: pa.Schema, columns: Iterable[str]) -> int:
     raise ShardError(f"cannot tell the number of agents: no per-agent column among {schema.names}")
 
 
-def _load(
-    root: Path, names: list[ShardName], schemas: dict[ShardName, pa.Schema], columns: tuple[str, str]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Critic ``[M, N]``, reference ``[M, N]``, reward_team ``[M]``, episode_id ``[M]`` of these shards."""
-    parts: list[tuple[np.ndarray, ...]] = []
-    for name in names:
-        schema = schemas[name]
-        n = _n_agents(schema, columns)
-        wanted = ["episode_id", "reward_team", *dict.fromkeys(c for c in columns if c in schema.names)]
-        table = read_shard(root / str(name), wanted)
-        credits = []
-        for col in columns:
-            if col in schema.names:
-                credits.append(from_fsl(table.column(col), (n,)).astype(np.float32))  # [M, N]
-            else:
-                credits.append(np.full((table.num_rows, n), np.nan, np.float32))  # [M, N]
-        reward = table.column("reward_team").to_numpy()  # [M]
-        episode = table.column("episode_id").to_numpy()  # [M]
-        parts.append((credits[0], credits[1], reward, episode))
-    crit, ref, reward, episode = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
-    return crit, ref, reward, episode
+class _Credits:
+    """A ``Dataset.scan`` visitor: per (env, tier), ``episode_id``, ``reward_team`` and the credit columns."""
+
+    def __init__(self, credit_columns: Sequence[str]) -> None:
+        self.credit_columns = list(credit_columns)
+        self.parts: dict[tuple[str, str], list[tuple[int, pa.Table]]] = {}
+        self._n_agents: dict[ShardName, int] = {}
+
+    def columns(self, name: ShardName, schema: pa.Schema) -> list[str]:
+        self._n_agents[name] = _n_agents(schema, self.credit_columns)  # from the full schema
+        return ["episode_id", "reward_team", *self.credit_columns]
+
+    def visit(self, name: ShardName, table: pa.Table) -> None:
+        self.parts.setdefault((name.env_id, name.tier), []).append((self._n_agents[name], table))
+
+    def arrays(
+        self, key: tuple[str, str], critic: str, reference: str
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Critic ``[M, N]``, reference ``[M, N]`` (NaN in shards without the column), reward_team ``[M]``,
+        episode_id ``[M]`` of one (env, tier)."""
+        parts: list[tuple[np.ndarray, ...]] = []
+        for n, table in self.parts[key]:
+            credits = [
+                from_fsl(table.column(c), (n,)).astype(np.float32)  # [M, N]
+                if c in table.column_names
+                else np.full((table.num_rows, n), np.nan, np.float32)  # [M, N]
+                for c in (critic, reference)
+            ]
+            parts.append((*credits, table.column("reward_team").to_numpy(), table.column("episode_id").to_numpy()))
+        crit, ref, reward, episode = (np.concatenate(arrays) for arrays in zip(*parts, strict=True))
+        return crit, ref, reward, episode
 
 
-def _present_critics(root: Path, names: list[ShardName]) -> list[str]:
-    """Critic ids with a credit column in any of ``names``, spelled as ``meta/info.json`` spells them."""
-    columns = {f for n in names for f in _schema(root, n).names if f.startswith("credit_")}
-    try:
-        info = json.loads((root / INFO_PATH).read_text())
-    except (OSError, ValueError):
-        info = {}
-    critics = info.get("critics") if isinstance(info, dict) else None
-    ids: list[object] = []
-    if isinstance(critics, dict):
-        ids = list(critics)
-    elif isinstance(critics, list):
-        ids = [c.get("id") if isinstance(c, dict) else c for c in critics]
-    spelled = {credit_column(i): i for i in ids if isinstance(i, str)}
-    return sorted(spelled.get(c, c.removeprefix("credit_").replace("_", "-")) for c in columns)
+def _present_critics(ds: Dataset) -> list[str]:
+    """Critic ids with a credit column in the committed steps shards, spelled as ``meta/info.json`` spells them."""
+    return sorted(ds.critics().values())
 
 
-def _unknown_message(root: Path, critic_id: str, column: str, names: list[ShardName]) -> str:
-    present = _present_critics(root, names)
+def _unknown_message(ds: Dataset, critic_id: str) -> str:
     return (
-        f"critic {critic_id!r} has no column {column} in the selected steps shards of {root}; "
-        f"critics present: {', '.join(present) or 'none'}; "
-        f"run `llmca annotate {root} --critic {critic_id}` to add its credits"
+        f"critic {critic_id!r} has no column {credit_column(critic_id)} in the selected steps shards of {ds.root}; "
+        f"critics present: {', '.join(_present_critics(ds)) or 'none'}; "
+        f"run `llmca annotate {ds.root} --critic {critic_id}` to add its credits"
     )

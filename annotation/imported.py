@@ -16,10 +16,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from llmca_data.dataset import Dataset
 from llmca_data.envs.base import MultiAgentEnv
 from llmca_data.errors import LlmcaError
 from llmca_data.rollout import Episode
-from llmca_data.shards import Manifest, read_shard
 
 from .critic import CriticOutput
 
@@ -59,15 +59,21 @@ class ImportedCritic:
         return {"type": "imported", "file": str(self.path)}
 
     def check_coverage(self, root: Path, envs: tuple[str, ...] = (), tiers: tuple[str, ...] = ()) -> int:
-        """Raise unless the file has exactly one row for every step to annotate; returns the step count."""
+        """Raise unless the file has exactly one row for every step to annotate; returns the step count.
+
+        Raises:
+            DatasetNotFoundError: ``root`` holds no dataset.
+            CreditFileError: duplicate rows, or steps the file does not cover.
+        """
+        ds = Dataset.open(root)
         have = set(zip(self._ids.tolist(), self._t.tolist(), strict=True))
         if len(have) != self._ids.size:
             raise CreditFileError(f"{self.path}: duplicate (episode_id, t) rows")
         needed = 0
-        for name in Manifest.load(root).shards(kind="steps"):
+        for name in ds.shards(kind="steps"):
             if (envs and name.env_id not in envs) or (tiers and name.tier not in tiers):
                 continue
-            keys = read_shard(root / str(name), ["episode_id", "t"])
+            keys = ds.read(name, ["episode_id", "t"])
             missing = [
                 k for k in zip(*(keys.column(c).to_pylist() for c in ("episode_id", "t")), strict=True) if k not in have
             ]

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from llmca_data.config import bounded
 
+from .device import resolve_device
 from .networks import AgentNet, GreedyPolicy, greedy_loader, masked_fill_illegal, net_tensors
 from .policy import register, save_run
 from .training import (
@@ -42,7 +43,6 @@ from .training import (
     TrainConfig,
     load_data,
     online_evaluator,
-    resolve_device,
     run_config,
     train_loop,
 )

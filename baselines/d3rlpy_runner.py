@@ -45,6 +45,7 @@ import torch
 from llmca_data.config import bounded
 from llmca_data.loaders import OfflineDataset
 
+from .device import resolve_device
 from .networks import sample_legal
 from .policy import RUN_METRICS, RunError, register, save_run
 from .training import MAX_WIDTH, LearnerConfig
@@ -147,13 +148,6 @@ def _d3rlpy() -> Any:
     with quiet():
         import d3rlpy
     return d3rlpy
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda:0`` when CUDA is present, else ``cpu``; anything else unchanged."""
-    if device == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def make_d3rlpy_config(config: D3rlpyConfig) -> Any:

@@ -42,9 +42,9 @@ from llmca_data.policies.base import random_legal_actions
 from llmca_data.reference import normalized_score
 from llmca_data.rollout import eval_seed
 
+from .device import resolve_device
 from .policy import RUN_EVAL, RUN_METRICS, DecentralisedPolicy, RunError, load_config, load_policy
 from .registry import ALGORITHMS, Act
-from .training import resolve_device
 
 PROTOCOL_VERSION = 2
 """Evaluation protocol (DESIGN.md §8) recorded as ``protocol`` in results; results without it are protocol 1."""

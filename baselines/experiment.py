@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from .evaluate import PROTOCOL_VERSION, EvalConfig, evaluate_run
 from .policy import RUN_CONFIG, RUN_EVAL, RUN_METRICS, RUN_WEIGHTS
 from .registry import Act, get_algorithm
 from .train import make_config, train
+
+if TYPE_CHECKING:
+    from llmca_data.recipe import Recipe
 
 GridProgress = Callable[[int, int, str], None]
 """``progress(runs_done, runs_total, status)``; status names the run in progress."""
@@ -182,6 +185,44 @@ def check_arm(arm: Arm, config: GridConfig) -> None:
         ConfigError: a reward source or task input the algorithm does not take, or a bad config field.
     """
     make_config(arm.algo, reward=arm.reward, task_input=arm.task_input, settings=_settings(arm, config, 0))
+
+
+def grid_from_recipe(recipe: Recipe, owner: str) -> GridConfig:
+    """The recipe's training grid, every critic id and arm checked as the stages that use them will
+    (before anything runs): each arm once per act mode its algorithm reports (protocol v2: the BC
+    family greedy and sampled, the value-based learners greedy).
+
+    Raises:
+        RecipeError: naming the recipe key of the bad critic or arm (``owner`` names the recipe).
+    """
+    from llmca_data.annotation.registry import check_critic, critic_ids
+    from llmca_data.recipe import RecipeError
+
+    critics = [(f"annotate.critics[{i}]", c, False) for i, c in enumerate(recipe.annotate.critics)]
+    critics += [(f"annotate.llm_critics[{i}]", c, True) for i, c in enumerate(recipe.annotate.llm_critics)]
+    for key, critic_id, llm in critics:
+        try:
+            check_critic(critic_id)
+        except ValueError as exc:
+            raise RecipeError(f"{owner}: {key}: {exc}") from None
+        if llm and critic_id not in critic_ids("llm"):
+            raise RecipeError(f"{owner}: {key}: {critic_id!r} is not an LLM critic ({', '.join(critic_ids('llm'))})")
+    arms: list[tuple[int, Arm]] = []
+    for i, spec in enumerate(recipe.train.arms):
+        try:
+            acts = get_algorithm(spec.algo, offline=True).acts
+        except ValueError as exc:
+            raise RecipeError(f"{owner}: train.arms[{i}]: {exc}") from None
+        arms += [(i, Arm(spec.algo, spec.reward, spec.task_input, act, tuple(spec.config.items()))) for act in acts]
+    train = recipe.train
+    grid = GridConfig(arms=tuple(arm for _, arm in arms), seeds=tuple(range(train.seeds)), steps=train.steps,
+                      eval_episodes=recipe.evaluate.episodes, workers=recipe.workers)  # fmt: skip
+    for i, arm in arms:
+        try:
+            check_arm(arm, grid)
+        except ValueError as exc:
+            raise RecipeError(f"{owner}: train.arms[{i}]: {exc}") from None
+    return grid
 
 
 def _settings(arm: Arm, config: GridConfig, seed: int) -> dict[str, Any]:

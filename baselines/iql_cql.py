@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from llmca_data.config import bounded
 
+from .device import resolve_device
 from .networks import (
     AgentNet,
     GreedyPolicy,
@@ -57,7 +58,7 @@ from .networks import (
 )
 from .policy import register
 from .q_learning import QConfig, QNets, fit_q_learner
-from .training import MAX_WIDTH, Progress, load_data, resolve_device
+from .training import MAX_WIDTH, Progress, load_data
 
 ALGO = "iql-cql"
 

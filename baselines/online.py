@@ -33,24 +33,25 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from llmca_data.annotation.critic import Critic, CriticOutput
-from llmca_data.config import JsonConfig
+from llmca_data.annotation.registry import CriticOptions, check_critic, make_critic
+from llmca_data.config import ConfigError, JsonConfig, bounded
+from llmca_data.dataset import writing
 from llmca_data.envs import MultiAgentEnv, make_env
 from llmca_data.rollout import Episode, episode_seed, package_versions
-from llmca_data.shards import DatasetLock
 
+from .device import resolve_device
 from .online_io import RUN_DATASET, RunDataset, load_checkpoint, save_checkpoint
 from .online_learner import ALGO, DoubleDQN, GreedyAgents, evaluate_greedy, rewards_from
-from .policy import RUN_CONFIG, load_config, save_run
-from .training import Progress, resolve_device
+from .policy import RUN_CONFIG, RunError, load_config, save_run
+from .training import Progress
 
 log = logging.getLogger(__name__)
 
-CRITICS: tuple[str, ...] = ("team", "uniform", "counterfactual", "shapley", "llm-mca", "llm-taca")
 CURVE = "curve.jsonl"
 TIMERS = ("env", "learner", "critic", "eval", "io")
 _RESUMABLE_CHANGES = frozenset({"episodes", "device"})
@@ -64,10 +65,10 @@ class OnlineConfig(JsonConfig):
 
     env_id: str
     critic: str = "team"
-    """Reward source: ``team`` (shared reward for every agent, no critic), or a critic id of ``CRITICS``."""
+    """Reward source: ``team`` (shared reward for every agent, no critic), or a critic id of the registry."""
     episodes: int = 1000
     """Episodes to collect in total (a resumed run may raise it)."""
-    seed: int = 0
+    seed: int = bounded(0, 0, None)
     """Seeds the network, minibatches and env episodes (episode i plays ``episode_seed(seed, i)``)."""
     critic_every: int = 1
     """Episodes per critic call: the critic annotates them together, then they enter the buffer."""
@@ -79,18 +80,18 @@ class OnlineConfig(JsonConfig):
     """Commit the dataset and write a checkpoint every this many episodes (and at the end)."""
     device: str = "auto"
     hidden: tuple[int, ...] = (128, 128)
-    lr: float = 5e-4
-    gamma: float = 0.99
+    lr: float = bounded(5e-4, 0.0, None, open_low=True)
+    gamma: float = bounded(0.99, 0.0, 1.0)
     batch_size: int = 64
     buffer_size: int = 100_000
     """Replay capacity in transitions (each holds every agent)."""
     learning_starts: int = 500
     """Transitions in the buffer before the first update."""
-    updates_per_step: float = 0.25
+    updates_per_step: float = bounded(0.25, 0.0, None)
     """Gradient updates per collected env step (done after each block)."""
     target_every: int = 200
     """Updates between target-network updates."""
-    tau: float = 1.0
+    tau: float = bounded(1.0, 0.0, 1.0, open_low=True)
     """Target update rate: 1 copies every ``target_every`` updates; < 1 with ``target_every=1`` is Polyak."""
     grad_clip: float = 10.0
     eps_start: float = 1.0
@@ -102,30 +103,22 @@ class OnlineConfig(JsonConfig):
     normalize_credits: bool = False
     """Rescale each step's credits to sum to the team reward (the offline loaders' ``normalize``).
     Off, an LLM's credits enter on the model's own scale, which may dwarf the env reward."""
-    horizon: int = 1
-    """``counterfactual``: steps compared after the replaced action (``counterfactual-h<H>`` when > 1)."""
-    shapley_samples: int = 256
-    """``shapley``: permutations sampled when N > 4 (exact below)."""
-    base_url: str = ""
-    """LLM critics: OpenAI-compatible endpoint; empty starts the embedded llama.cpp server."""
-    model: str = ""
-    response_format: str = "grammar"
-    episodes_per_prompt: int = 1
-    """LLM critics: short episodes per prompt (batch mode)."""
-    max_window: int = 30
-    """LLM critics: most steps per request (longer episodes are split)."""
-    llm_timeout_s: float = 300.0
-    llm_max_retries: int = 4
+    critic_options: CriticOptions = field(default_factory=CriticOptions)
+    """The critic's options, as ``llmca annotate`` takes them (counterfactual ``horizon``, Shapley
+    ``samples``, the nested ``llm`` endpoint/model/format); ``seed`` is replaced by the run's."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.critic not in CRITICS:
-            raise ValueError(f"unknown critic {self.critic!r}; choose one of {', '.join(CRITICS)}")
+        super().__post_init__()
+        if self.critic != "team":
+            check_critic(self.critic, self.critic_options)
         if min(self.episodes, self.critic_every, self.eval_every, self.eval_episodes, self.checkpoint_every) < 1:
-            raise ValueError("episodes, critic_every, eval_every, eval_episodes and checkpoint_every must be >= 1")
+            raise ConfigError("episodes, critic_every, eval_every, eval_episodes and checkpoint_every must be >= 1")
         for name in ("eval_every", "checkpoint_every"):
             if getattr(self, name) % self.critic_every:
-                raise ValueError(f"{name}={getattr(self, name)} must be a multiple of critic_every={self.critic_every}")
+                raise ConfigError(
+                    f"{name}={getattr(self, name)} must be a multiple of critic_every={self.critic_every}"
+                )
 
 
 @dataclass(frozen=True)
@@ -143,20 +136,10 @@ class OnlineResult:
 
 
 def make_online_critic(config: OnlineConfig) -> Critic | None:
-    """The critic of ``config.critic`` (None for ``team``): built as ``llmca annotate`` builds it."""
+    """The critic of ``config.critic`` (None for ``team``), built by the registry as ``llmca annotate`` builds it."""
     if config.critic == "team":
         return None
-    if config.critic.startswith("llm-"):
-        from llmca_data.annotation.llm.critic import LLMConfig, LLMCritic
-
-        return LLMCritic(LLMConfig(
-            critic=config.critic, base_url=config.base_url, model=config.model, response_format=config.response_format,
-            episodes_per_prompt=config.episodes_per_prompt, max_window=config.max_window,
-            timeout_s=config.llm_timeout_s, max_retries=config.llm_max_retries, seed=config.seed,
-        ))  # fmt: skip
-    from llmca_data.annotation.critic import make_critic
-
-    return make_critic(config.critic, horizon=config.horizon, samples=config.shapley_samples, seed=config.seed)
+    return make_critic(config.critic, replace(config.critic_options, seed=config.seed))
 
 
 def annotate_block(critic: Critic, episodes: list[Episode], env: MultiAgentEnv) -> list[CriticOutput]:
@@ -188,7 +171,7 @@ def train_online(
     device = resolve_device(config.device)
     factory = env_factory or (lambda: make_env(config.env_id, **config.env_kwargs))
     critic = critic if critic is not None else make_online_critic(config)
-    if critic is not None and critic.critic_id != config.critic:
+    if critic is not None and critic.critic_id != check_critic(config.critic, config.critic_options):
         raise ValueError(f"the critic passed has id {critic.critic_id!r}, the config names {config.critic!r}")
     _check_resume(run_dir, config)
     env, critic_env = factory(), factory()
@@ -197,9 +180,9 @@ def train_online(
     description = (
         f"online {ALGO} ({config.critic} reward), ε-greedy with ε decaying {config.eps_start}→{config.eps_end}"
     )
-    dataset = RunDataset(run_dir / RUN_DATASET, env.spec, critic, ALGO, description)
     try:
-        with DatasetLock(run_dir / RUN_DATASET):
+        with writing(run_dir / RUN_DATASET) as writer:
+            dataset = RunDataset(writer, env.spec, critic, ALGO, description)
             return _Loop(config, run_dir, learner, env, critic_env, critic, dataset, body, progress).run()
     finally:
         close = getattr(critic, "close", None)
@@ -358,13 +341,13 @@ def _check_resume(run_dir: Path, config: OnlineConfig) -> None:
         return
     old = load_config(run_dir)
     if old.get("algo") != ALGO:
-        raise ValueError(f"{run_dir} holds a {old.get('algo')!r} run, not {ALGO}; choose another --out")
+        raise RunError(f"{run_dir} holds a {old.get('algo')!r} run, not {ALGO}; choose another --out")
     new, defaults = config.to_dict(), OnlineConfig(config.env_id).to_dict()
     old = {**defaults, **old}  # a field added since the run was written has its default there
     changed = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
     if changed:
         diff = ", ".join(f"{k}: {old.get(k)!r} → {new[k]!r}" for k in changed)
-        raise ValueError(f"{run_dir} holds a run with another config ({diff}); resume with the same arguments "
+        raise RunError(f"{run_dir} holds a run with another config ({diff}); resume with the same arguments "
                          "(only --episodes and --device may change) or choose another --out")  # fmt: skip
 
 

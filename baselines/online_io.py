@@ -27,20 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 from torch import nn
 
-from llmca_data import __version__
-from llmca_data.annotation.annotate import annotation_rows, task_column
+from llmca_data.annotation.annotate import annotation_rows
 from llmca_data.annotation.critic import Critic, CriticOutput
+from llmca_data.dataset import Dataset, DatasetWriter, EpisodeCredits, set_critic_columns
 from llmca_data.envs.base import EnvSpec
-from llmca_data.info import load_info, record_collection
-from llmca_data.layout import INFO_PATH
+from llmca_data.layout import ShardName
 from llmca_data.rollout import Episode
-from llmca_data.schema import credit_column, from_fsl, fsl, to_fsl
-from llmca_data.shards import Commit, Manifest, read_shard, write_json_atomic
+from llmca_data.schema import credit_column, from_fsl, task_column
+from llmca_data.shards import write_json_atomic
 from llmca_data.tables import episodes_to_tables, tables_to_episodes
 
 from .replay_buffer import ReplayBuffer
@@ -141,92 +139,55 @@ class RunDataset:
     """The run's episodes in the standard layout: tier ``replay``, the critic's credit column (NaN
     where it failed), ``task_llm_taca`` for LLM-TACA, and one annotations row per episode.
 
-    The caller holds the ``DatasetLock`` of ``root`` while using this object.
+    ``writer`` comes from ``llmca_data.dataset.writing``, whose lock the caller holds while using this object.
     """
 
-    def __init__(self, root: Path, spec: EnvSpec, critic: Critic | None, policy_id: str, description: str) -> None:
-        self.root, self.spec, self.critic = root, spec, critic
+    def __init__(
+        self, writer: DatasetWriter, spec: EnvSpec, critic: Critic | None, policy_id: str, description: str
+    ) -> None:
+        self.writer, self.root, self.spec, self.critic = writer, writer.root, spec, critic
         self.policy_id, self.description = policy_id, description
 
     def committed_ids(self) -> np.ndarray:
         """Episode ids already in the dataset, int64 [E]."""
-        names = Manifest.load(self.root).shards(self.spec.env_id, "episodes", TIER)
-        if not names:
-            return np.empty(0, np.int64)
-        return np.concatenate(
-            [read_shard(self.root / str(n), ["episode_id"]).column("episode_id").to_numpy() for n in names]
-        )
+        return Dataset(self.root).episode_ids(self.spec.env_id, TIER)
 
     def commit(self, episodes: list[Episode], outputs: list[CriticOutput | None]) -> list[str]:
         """Add ``episodes`` (their ``episode_id`` set) as one new shard of each kind; ids already
         stored are skipped. Returns the files written."""
-        done = set(self.committed_ids().tolist())
-        keep = [k for k, e in enumerate(episodes) if e.episode_id not in done]
+        ds = self.writer
+        stored = set(ds.episode_ids(self.spec.env_id, TIER).tolist())
+        keep = [k for k, e in enumerate(episodes) if e.episode_id not in stored]
         if not keep:
             return []
         episodes, outputs = [episodes[k] for k in keep], [outputs[k] for k in keep]
         steps, eps = episodes_to_tables(episodes, [e.episode_id for e in episodes], self.spec)
-        manifest = Manifest.load(self.root)
-        index = manifest.next_index(self.spec.env_id, "steps", TIER)
-        shard = f"data/{self.spec.env_id}/{{}}/{TIER}-{index:05d}.parquet"
-        files = {shard.format("steps"): steps, shard.format("episodes"): eps}
+        rows = None
         if self.critic is not None:
-            done_outputs = [o for o in outputs if o is not None]
-            files[shard.format("steps")] = self._with_credits(steps, episodes, done_outputs)
-            files[shard.format("annotations")] = annotation_rows(self.critic, episodes, done_outputs, self.spec)
-        commit = Commit(self.root, manifest)
-        for rel, table in files.items():
-            commit.write(rel, table)
-        self._record()
-        commit.apply()
-        return list(files)
-
-    def _with_credits(self, steps: pa.Table, episodes: list[Episode], outputs: list[CriticOutput]) -> pa.Table:
-        assert self.critic is not None
-        n = self.spec.n_agents
-        credits = np.concatenate([o.credits for o in outputs]).astype(np.float32)  # [M, N]
-        field = pa.field(credit_column(self.critic.critic_id), fsl(pa.float32(), n), nullable=False)
-        steps = steps.append_column(field, to_fsl(credits, pa.float32()))
-        if any(o.tasks is not None for o in outputs):
-            tasks = np.concatenate(
-                [
-                    np.full((e.length, n), -1, np.int16) if o.tasks is None else o.tasks
-                    for e, o in zip(episodes, outputs, strict=True)
-                ]
-            ).astype(np.int16)  # [M, N]
-            field = pa.field(task_column(self.critic.critic_id), fsl(pa.int16(), n), nullable=False)
-            steps = steps.append_column(field, to_fsl(tasks, pa.int16()))
-        return steps
-
-    def _record(self) -> None:
-        """``meta/info.json``: the env and tier (with what really played it) and the critic."""
-        info = record_collection(self.root, self.spec, TIER, [self.policy_id])
-        info["envs"][self.spec.env_id]["tiers"][TIER]["description"] = self.description
+            done = [(e, o) for e, o in zip(episodes, outputs, strict=True) if o is not None]
+            results = [EpisodeCredits(e.episode_id, o.credits, o.tasks) for e, o in done]
+            steps = set_critic_columns(steps, self.critic.critic_id, self.spec.n_agents, results)
+            rows = annotation_rows(self.critic, [e for e, _ in done], [o for _, o in done], self.spec)
+        files = ds.append_episodes(self.spec, TIER, steps, eps, annotations=rows)
+        ds.record_collection(self.spec, TIER, [self.policy_id], description=self.description)
         if self.critic is not None:
-            info.setdefault("critics", {})[self.critic.critic_id] = {
-                "column": credit_column(self.critic.critic_id),
-                "params": self.critic.params(),
-                "package_version": __version__,
-            }
-        write_json_atomic(self.root / INFO_PATH, info)
+            ds.record_critic(self.critic.critic_id, self.critic.params())
+        ds.commit()
+        return files
 
     def load_after(self, first_id: int) -> list[tuple[Episode, CriticOutput | None]]:
         """Stored episodes with id >= ``first_id`` in id order, each with its stored credits and tasks."""
-        manifest = Manifest.load(self.root)
-        if not manifest.files:
-            return []
-        info = load_info(self.root)
-        if self.spec.env_id not in info.get("envs", {}):
+        ds = Dataset(self.root)
+        if not ds.manifest.files or self.spec.env_id not in ds.info().get("envs", {}):
             return []
         out: list[tuple[Episode, CriticOutput | None]] = []
         n = self.spec.n_agents
-        for name in manifest.shards(self.spec.env_id, "steps", TIER):
-            steps = read_shard(self.root / str(name))
+        for name in ds.shards(self.spec.env_id, "steps", TIER):
+            steps = ds.read(name)
             steps = steps.filter(pc.greater_equal(steps.column("episode_id"), first_id))
             if steps.num_rows == 0:
                 continue
-            eps_name = str(name).replace("/steps/", "/episodes/")
-            eps = read_shard(self.root / eps_name)
+            eps = ds.read(ShardName(name.env_id, "episodes", name.tier, name.index))
             eps = eps.filter(pc.greater_equal(eps.column("episode_id"), first_id)).sort_by("episode_id")
             episodes = tables_to_episodes(steps, eps, self.spec)
             column = None if self.critic is None else credit_column(self.critic.critic_id)

@@ -32,10 +32,11 @@ from torch import nn
 
 from llmca_data.config import bounded
 
+from .device import resolve_device
 from .networks import AgentNet, GreedyPolicy, cql_penalty, double_q_next, greedy_loader
 from .policy import register
 from .q_learning import MIXER_PREFIX, QConfig, QNets, fit_q_learner
-from .training import MAX_WIDTH, Progress, load_data, resolve_device
+from .training import MAX_WIDTH, Progress, load_data
 
 ALGO = "qmix-cql"
 __all__ = ["ALGO", "MIXER_PREFIX", "QMIXCQLConfig", "QMixer", "fit_qmix_cql", "qmix_cql_loss", "train_qmix_cql"]

@@ -12,7 +12,6 @@ for an algorithm without one is a ``ConfigError`` that says what to do.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from llmca_data.config import ConfigError, JsonConfig
 from .registry import OFFLINE_ALGOS, UnknownAlgorithmError, get_algorithm
 from .training import Progress
 
-__all__ = ["ALGOS", "UnknownAlgorithmError", "load_overrides", "make_config", "train"]
+__all__ = ["ALGOS", "UnknownAlgorithmError", "make_config", "train"]
 
 ALGOS = OFFLINE_ALGOS
 """The ids ``train`` accepts (read from the registry)."""
@@ -93,22 +92,3 @@ def train(
     config = make_config(algo, reward=reward, task_input=task_input, settings={**settings, **(overrides or {})})
     trainer = get_algorithm(algo).train_fn()
     return trainer(dataset, env_id, tiers, Path(out_dir), config, progress)
-
-
-def load_overrides(path: Path | None) -> dict[str, Any]:
-    """A JSON object of config fields (``--config FILE``), or {}.
-
-    Raises:
-        ConfigError: the file is missing, not JSON or not one JSON object.
-    """
-    if path is None:
-        return {}
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not JSON ({exc}); a config file holds one JSON object of config fields") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config file holds one JSON object of config fields, got {type(data).__name__}")
-    return data

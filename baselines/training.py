@@ -83,15 +83,6 @@ class TrainConfig(LearnerConfig):
     """Roll the current greedy policy out every this many steps (and at the last step)."""
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` → ``cuda`` when available else ``cpu``; on CPU torch uses one thread."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        torch.set_num_threads(1)
-    return device
-
-
 def online_evaluator(algo: str, net: AgentNet, info: dict[str, Any], config: TrainConfig) -> Evaluator | None:
     """Periodic evaluation of ``net``'s greedy policy on ``info``'s env, or None when turned off."""
     if config.eval_episodes < 1:

@@ -24,10 +24,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .device import resolve_device
 from .networks import AgentNet, GreedyPolicy, cql_penalty, double_q_next, greedy_loader
 from .policy import register
 from .q_learning import QConfig, QNets, fit_q_learner
-from .training import Progress, load_data, resolve_device
+from .training import Progress, load_data
 
 ALGO = "vdn-cql"
 

@@ -22,7 +22,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from llmca_data.annotation.annotate import annotate
-from llmca_data.annotation.critic import make_critic
+from llmca_data.annotation.registry import make_critic
 from llmca_data.collect import CollectConfig, collect
 from llmca_data.envs import CONTRACT_ENV_IDS, make_env
 from llmca_data.rollout import Episode, run_episode, tier_rng

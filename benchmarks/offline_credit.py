@@ -31,7 +31,7 @@ from rliable import library as rly
 from rliable import metrics
 
 from llmca_data.annotation.annotate import annotate
-from llmca_data.annotation.critic import make_critic
+from llmca_data.annotation.registry import make_critic
 from llmca_data.baselines.experiment import Arm, GridConfig, run_grid, summarize
 from llmca_data.collect import CollectConfig, collect
 from llmca_data.loaders import OfflineDataset

@@ -36,9 +36,11 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from llmca_data.annotation.llm.config import LLMConfig
+from llmca_data.annotation.registry import CriticOptions
+from llmca_data.baselines.curves import aggregate, plot_curves
 from llmca_data.baselines.online import CURVE, OnlineConfig, train_online
 from llmca_data.baselines.online_io import RUN_DATASET
-from llmca_data.leaderboard.curves import aggregate, plot_curves
 
 ENVS = ("lbf-8x8-2p-2f-coop", "lbf-10x10-3p-3f", "spaceworld-10x10-3a")
 CRITICS = ("team", "uniform", "counterfactual", "shapley", "llm-mca")
@@ -52,7 +54,9 @@ def run_one(args: argparse.Namespace, env_id: str, arm: str, seed: int) -> Path:
         env_id, critic=critic, seed=seed, normalize_credits=option == "norm", episodes=episodes,
         critic_every=args.critic_every, eval_every=eval_every,
         eval_episodes=args.eval_episodes, checkpoint_every=eval_every * 4, device=args.device,
-        base_url=args.base_url, model=args.model, episodes_per_prompt=args.episodes_per_prompt,
+        critic_options=CriticOptions(llm=LLMConfig(
+            base_url=args.base_url, model=args.model, episodes_per_prompt=args.episodes_per_prompt,
+        )),
     )  # fmt: skip
     run = args.out / env_id / arm / f"seed{seed}"
     started = time.perf_counter()
@@ -93,9 +97,9 @@ def agreement(runs: list[Path], critic: str, references: tuple[str, ...]) -> dic
     runs' tallies are pooled before scoring (``combine_tallies``), so rare rewarded steps add up.
     """
     from llmca_data.annotation.annotate import annotate
-    from llmca_data.annotation.critic import make_critic
     from llmca_data.annotation.evaluate import credit_tallies
     from llmca_data.annotation.metrics import CreditTally, combine_tallies
+    from llmca_data.annotation.registry import make_critic
 
     candidates = (critic, "uniform", *references)
     pairs = [(c, ref) for ref in references for c in candidates if c != ref]

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from llmca_data import SCHEMA_VERSION, __version__
+from llmca_data.baselines.device import resolve_device
 from llmca_data.baselines.evaluate import PROTOCOL_VERSION, EvalConfig, as_act, evaluate_policy
-from llmca_data.baselines.training import resolve_device
 
 from .architectures import build_policy
 from .submission import SUBMISSION_FILE, DatasetIdentity

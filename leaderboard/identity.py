@@ -16,7 +16,8 @@ import os
 from pathlib import Path
 
 from llmca_data.errors import LlmcaError
-from llmca_data.layout import MANIFEST_PATH
+from llmca_data.extras import install_hint
+from llmca_data.layout import MANIFEST_PATH, is_repo_id
 
 from .submission import SUBMISSION_FILE, DatasetIdentity, Problem
 
@@ -33,7 +34,7 @@ def _hub_sha(repo_id: str, revision: str) -> str:
         from huggingface_hub import HfApi
         from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
     except ImportError as exc:
-        raise IdentityError('checking a Hub dataset needs huggingface_hub: pip install "llmca-data[hub]"') from exc
+        raise IdentityError(f"checking a Hub dataset needs huggingface_hub: {install_hint('hub')}") from exc
     api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None, token=os.environ.get("HF_TOKEN") or None)
     try:
         sha = api.dataset_info(repo_id, revision=revision).sha
@@ -56,6 +57,11 @@ def dataset_identity(path_or_repo: str | Path, revision: str | None = None) -> D
             that does not exist.
     """
     path = Path(path_or_repo)
+    if not path.is_dir() and not is_repo_id(str(path_or_repo)):
+        raise IdentityError(
+            f"no dataset directory at {path_or_repo}: give the dataset's directory or its Hub repo id "
+            "(e.g. llmca/annotated)"
+        )
     if path.is_dir():
         manifest = path / MANIFEST_PATH
         if not manifest.is_file():

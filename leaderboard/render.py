@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from llmca_data.baselines.evaluate import PROTOCOL_VERSION
+from llmca_data.extras import require
 
 from .statistics import EntryStats, StatsConfig, TaskStats, aggregate, load_results, stats_to_json
 
@@ -76,8 +77,7 @@ def plot_stem(task: TaskStats) -> str:
 
 def plot_task(task: TaskStats, plots: Path) -> tuple[Path, Path]:
     """Write the interval-estimate and performance-profile PNGs of one task (Agg backend)."""
-    import matplotlib
-
+    matplotlib = require("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import seaborn as sns  # rliable's own plotting dependency

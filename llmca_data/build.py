@@ -39,16 +39,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
+import pyarrow as pa
 
 from llmca_data import SCHEMA_VERSION, __version__
-from llmca_data.card import card_template, card_values, critic_fields, render_card
+from llmca_data.card import card_template, card_values, render_card
+from llmca_data.dataset import Dataset, writing
 from llmca_data.errors import LlmcaError
-from llmca_data.info import load_info
-from llmca_data.layout import CARD_PATH, INFO_PATH, RETURN_HIST_PATH
-from llmca_data.schema import from_fsl, to_fsl
-from llmca_data.shards import Commit, DatasetLock, Manifest, read_shard, sha256_file, write_json_atomic
-from llmca_data.stats import tier_stats
+from llmca_data.layout import CARD_PATH, RETURN_HIST_PATH, ShardName
+from llmca_data.schema import from_fsl
+from llmca_data.shards import sha256_file
+from llmca_data.stats import TierStats
 from llmca_data.tiers import tier_sort_key
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def configs_yaml(root: Path) -> list[dict[str, Any]]:
     ``<env_id>-annotations`` when it has such files; splits are the tiers with files, in
     contract order (expert, medium, random, replay). The first config is the default.
     """
-    shards = Manifest.load(root).shards()
+    shards = Dataset(root).shards()
     configs: list[dict[str, Any]] = []
     for env_id in sorted({n.env_id for n in shards}):
         for kind, suffix in (("steps", ""), ("episodes", "-episodes"), ("annotations", "-annotations")):
@@ -118,21 +118,23 @@ def build(
         progress: called as ``progress(done, total)`` over the build's stages.
 
     Raises:
+        DatasetNotFoundError: ``root`` holds no dataset (nothing is created).
         DatasetLockedError: another process is writing ``root``.
         LlmcaError: nothing was collected, or the card template cannot be found.
     """
     started = time.perf_counter()
     root = Path(root)
-    with DatasetLock(root):
-        manifest = Manifest.load(root)
-        info = load_info(root)
-        envs = sorted({n.env_id for n in manifest.shards(kind="episodes")})
+    with writing(root, create=False) as ds:
+        manifest = ds.manifest
+        info = ds.info()
+        envs = ds.envs("episodes")
         if not envs:
             raise LlmcaError(f"{root} holds no episodes; run `llmca collect` first")
         stages, report = len(envs) + 3, progress or _no_progress
-        padded = _pad_critic_columns(root, manifest)
+        padded = ds.pad_critic_columns()
+        ds.commit()
         report(1, stages)
-        statistics = _statistics(root, manifest, info)
+        statistics, returns = _statistics(ds)
         fingerprint = hashlib.sha256(
             "".join(f"{p}{e.sha256}" for p, e in sorted(manifest.files.items()) if p.startswith("data/")).encode()
         ).hexdigest()
@@ -144,7 +146,8 @@ def build(
         report(2, stages)
         outputs: dict[str, bytes] = {}
         for k, env_id in enumerate(envs):
-            outputs[RETURN_HIST_PATH.format(env_id=env_id)] = _histogram_png(root, manifest, env_id, config.hist_bins)
+            env_returns = {tier: r for (env, tier), r in returns.items() if env == env_id}
+            outputs[RETURN_HIST_PATH.format(env_id=env_id)] = _histogram_png(env_id, env_returns, config.hist_bins)
             report(3 + k, stages)
         configs = configs_yaml(root)
         values, flags = card_values(root, manifest, info, statistics, configs)
@@ -157,17 +160,16 @@ def build(
             package_version=__version__,
             schema_version=SCHEMA_VERSION,
         )
-        write_json_atomic(root / INFO_PATH, info)
-        commit = Commit(root, manifest)
+        ds.save_info(info)
         written = []
         for rel, data in outputs.items():
             entry, path = manifest.files.get(rel), root / rel
             sha = hashlib.sha256(data).hexdigest()
             if entry is not None and entry.sha256 == sha and path.is_file() and sha256_file(path) == sha:
                 continue
-            commit.write_bytes(rel, data)
+            ds.write_file(rel, data)
             written.append(rel)
-        commit.apply()
+        ds.commit()
         report(stages, stages)
     return BuildResult(written, padded, statistics, configs, time.perf_counter() - started)
 
@@ -176,68 +178,54 @@ def _no_progress(done: int, total: int) -> None:
     pass
 
 
-def _pad_critic_columns(root: Path, manifest: Manifest) -> list[str]:
-    """Give every steps shard of an env the same ``credit_*`` / ``task_*`` columns (NaN / −1 where absent)."""
-    commit = Commit(root, manifest)
-    padded = []
-    for env_id in sorted({n.env_id for n in manifest.shards(kind="steps")}):
-        extra = critic_fields(root, manifest, env_id)
-        for n in manifest.shards(env_id, "steps"):
-            rel = str(n)
-            names = pq.read_schema(root / rel).names
-            missing = [f for c, f in extra.items() if c not in names]
-            if not missing:
-                continue
-            table = read_shard(root / rel)
-            for f in missing:
-                fill, dtype = (np.nan, np.float32) if f.name.startswith("credit_") else (-1, np.int16)
-                values = np.full((table.num_rows, f.type.list_size), fill, dtype)  # [M, N]
-                table = table.append_column(f, to_fsl(values, f.type.value_type))
-            commit.write(rel, table)
-            padded.append(rel)
-            log.info("%s: filled missing critic columns %s", rel, ", ".join(f.name for f in missing))
-    commit.apply()
-    return padded
+class _Coverage:
+    """A ``Dataset.scan`` visitor: per (env, tier) and credit column, the episodes without a NaN credit."""
+
+    def __init__(self, credit_columns: list[str]) -> None:
+        self.credit_columns = credit_columns
+        self.covered: dict[tuple[str, str], dict[str, int]] = {}
+
+    def columns(self, name: ShardName, schema: pa.Schema) -> list[str]:
+        return ["episode_id", *self.credit_columns] if name.kind == "steps" else []
+
+    def visit(self, name: ShardName, table: pa.Table) -> None:
+        counts = self.covered.setdefault((name.env_id, name.tier), {})
+        ids = table.column("episode_id").to_numpy()
+        if not len(ids):
+            return
+        starts = np.flatnonzero(np.append(True, ids[1:] != ids[:-1]))  # first row of each episode
+        for c in table.column_names[1:]:
+            bad = np.isnan(from_fsl(table.column(c), (table.schema.field(c).type.list_size,))).any(axis=1)
+            counts[c] = counts.get(c, 0) + int(np.sum(np.logical_or.reduceat(bad, starts) == 0))
 
 
-def _statistics(root: Path, manifest: Manifest, info: dict[str, Any]) -> dict[str, Any]:
-    """``tier_stats`` rows, each with ``coverage`` {critic id: share of episodes without NaN credits}."""
-    known = {c.get("column"): cid for cid, c in info.get("critics", {}).items()}  # column → hyphenated id
-    columns = [c for c in critic_fields(root, manifest) if c.startswith("credit_")]
-    critics = {c: known.get(c, c.removeprefix("credit_").replace("_", "-")) for c in columns}
-    rows = tier_stats(root)
+def _statistics(ds: Dataset) -> tuple[dict[str, Any], dict[tuple[str, str], np.ndarray]]:
+    """``tier_stats`` rows, each with ``coverage`` {critic id: share of episodes without NaN credits},
+    and the team returns per (env, tier), from one read of every shard."""
+    critics = ds.critics()  # credit column -> critic id
+    tiers, coverage = TierStats(), _Coverage(list(critics))
+    ds.scan([tiers, coverage])
+    rows = tiers.rows()
     for row in rows:
-        names = manifest.shards(row["env_id"], "steps", row["tier"])
-        present = [c for c in critics if all(c in pq.read_schema(root / str(n)).names for n in names)]
-        covered: dict[str, int] = dict.fromkeys(present, 0)
-        for n in names:
-            table = read_shard(root / str(n), ["episode_id", *present])
-            ids = table.column("episode_id").to_numpy()
-            starts = np.flatnonzero(np.append(True, ids[1:] != ids[:-1]))  # first row of each episode
-            for c in present:
-                bad = np.isnan(from_fsl(table.column(c), (table.schema.field(c).type.list_size,))).any(axis=1)
-                covered[c] += int(np.sum(np.logical_or.reduceat(bad, starts) == 0)) if len(ids) else 0
-        row["coverage"] = {critics[c]: covered.get(c, 0) / max(1, row["episodes"]) for c in critics}
-    return {
+        covered = coverage.covered.get((row["env_id"], row["tier"]), {})
+        row["coverage"] = {cid: covered.get(c, 0) / max(1, row["episodes"]) for c, cid in critics.items()}
+    statistics = {
         "episodes": sum(r["episodes"] for r in rows),
         "steps": sum(r["steps"] for r in rows),
         "critics": sorted(critics.values()),
         "tiers": rows,
     }
+    return statistics, tiers.returns()
 
 
-def _histogram_png(root: Path, manifest: Manifest, env_id: str, bins: int) -> bytes:
-    """Team return per episode, one step line per tier (share of that tier's episodes)."""
+def _histogram_png(env_id: str, returns: dict[str, np.ndarray], bins: int) -> bytes:
+    """Team return per episode (``returns`` per tier), one step line per tier (share of its episodes)."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:
         raise LlmcaError("`llmca build` draws return histograms with matplotlib: pip install matplotlib") from exc
 
-    returns: dict[str, np.ndarray] = {}
-    for n in manifest.shards(env_id, "episodes"):
-        r = read_shard(root / str(n), ["return_team"]).column("return_team").to_numpy().astype(np.float64)
-        returns[n.tier] = np.concatenate([returns.get(n.tier, np.empty(0)), r])
     pooled = np.concatenate(list(returns.values()))
     lo, hi = float(pooled.min()), float(pooled.max())
     edges = np.linspace(lo - 0.5, hi + 0.5, bins + 1) if hi <= lo else np.linspace(lo, hi, bins + 1)

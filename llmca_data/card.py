@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 import llmca_data
 from llmca_data import SCHEMA_VERSION, __version__
+from llmca_data.dataset import Dataset
 from llmca_data.envs.ids import EnvId
 from llmca_data.errors import LlmcaError
-from llmca_data.info import spec_from_info
+from llmca_data.info import critic_columns, spec_from_info
 from llmca_data.layout import RETURN_HIST_PATH
-from llmca_data.schema import ANNOTATION_STATUSES
+from llmca_data.schema import ANNOTATION_STATUSES, credit_column, critic_of_column
 from llmca_data.shards import Manifest, read_shard
 from llmca_data.tiers import tier_sort_key
 
@@ -37,12 +37,7 @@ Progress = Callable[[int, int], None]
 
 def critic_fields(root: Path, manifest: Manifest, env_id: str | None = None) -> dict[str, pa.Field]:
     """The ``credit_*`` and ``task_*`` fields of the committed steps shards (of one env or all), by name."""
-    out: dict[str, pa.Field] = {}
-    for n in manifest.shards(env_id, "steps"):
-        for f in pq.read_schema(root / str(n)):
-            if f.name.startswith(("credit_", "task_")):
-                out.setdefault(f.name, f)
-    return dict(sorted(out.items()))
+    return Dataset(root, manifest).critic_fields(env_id)
 
 
 def yaml_configs(configs: list[dict[str, Any]]) -> str:
@@ -147,7 +142,7 @@ def card_values(
     for f in critic_fields(root, manifest).values():
         text = "the task (target index) LLM-TACA assigned each agent, −1 for none"
         if f.name.startswith("credit_"):
-            text = f"credits of critic `{f.name.removeprefix('credit_').replace('_', '-')}` (NaN where missing)"
+            text = f"credits of critic `{critic_of_column(f.name, critic_columns(info))}` (NaN where missing)"
         extra_rows.append(_row([f"`{f.name}`", np.dtype(f.type.value_type.to_pandas_dtype()).name, "[N]", text]))
     steps_cfg = next(c for c in configs if c["config_name"] in envs)
     ann_cfg = next((c for c in configs if c["config_name"].endswith("-annotations")), None)
@@ -195,5 +190,5 @@ def critic_rows(root: Path, manifest: Manifest, info: dict[str, Any], critics: l
         kind = info.get("critics", {}).get(cid, {}).get("params", {}).get("type", "—")
         model_text, prompt_text = (", ".join(f"`{x}`" for x in sorted(v) if x) or "—" for v in (models, prompts))
         counts = " / ".join(str(status.get(k, 0)) for k in ANNOTATION_STATUSES)
-        out.append(_row([f"`{cid}`", f"`credit_{cid.replace('-', '_')}`", kind, model_text, prompt_text, counts]))
+        out.append(_row([f"`{cid}`", f"`{credit_column(cid)}`", kind, model_text, prompt_text, counts]))
     return out

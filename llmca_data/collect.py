@@ -32,12 +32,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from llmca_data import __version__
+from llmca_data.dataset import Dataset, DatasetWriter, renumber_episodes, writing
 from llmca_data.envs import MultiAgentEnv, make_env
 from llmca_data.envs.base import EnvSpec
-from llmca_data.info import record_collection
 from llmca_data.layout import STAGING_DIR
 from llmca_data.rollout import episode_seed, run_episode, tier_rng
-from llmca_data.shards import MAX_SHARD_BYTES, Commit, Manifest, read_shard, write_shard
+from llmca_data.shards import MAX_SHARD_BYTES, read_shard, write_shard
 from llmca_data.tables import episodes_to_tables
 from llmca_data.tiers import tier_policy, tier_spec
 
@@ -121,13 +121,6 @@ def _staged_chunks(stage: Path) -> dict[Path, np.ndarray]:
     return out
 
 
-def _committed(root: Path, manifest: Manifest, env_id: str | None, tier: str | None, column: str) -> np.ndarray:
-    names = manifest.shards(env_id, "episodes", tier)
-    if not names:
-        return np.empty(0, np.int64)
-    return np.concatenate([read_shard(root / str(n), [column]).column(column).to_numpy() for n in names])
-
-
 def collect(root: Path, config: CollectConfig, progress: Progress | None = None) -> CollectResult:
     """Collect ``config.episodes`` episodes into ``root`` (see the module docstring).
 
@@ -135,8 +128,6 @@ def collect(root: Path, config: CollectConfig, progress: Progress | None = None)
         DatasetLockedError: another process is writing ``root``.
         UnknownEnvError / UnknownTierError: bad ids; the message lists the valid ones.
     """
-    from llmca_data.shards import DatasetLock
-
     started = time.perf_counter()
     tier_spec(config.tier)
     if config.episodes < 1 or config.workers < 1 or config.chunk_episodes < 1:
@@ -144,9 +135,8 @@ def collect(root: Path, config: CollectConfig, progress: Progress | None = None)
     spec = make_env(config.env_id, **config.env_kwargs).spec
     job = config.job_id()
     stage = root / STAGING_DIR / job
-    with DatasetLock(root):
-        manifest = Manifest.load(root)
-        committed = set(_committed(root, manifest, config.env_id, config.tier, "seed").tolist())
+    with writing(root) as ds:
+        committed = set(ds.episodes_column("seed", config.env_id, config.tier).tolist())
         seeds = [episode_seed(config.seed, i) for i in range(config.episodes)]
         staged = _staged_chunks(stage)
         staged_idx = set(np.concatenate(list(staged.values())).tolist()) if staged else set()
@@ -173,7 +163,7 @@ def collect(root: Path, config: CollectConfig, progress: Progress | None = None)
                     done += futures[fut]
                     if progress:
                         progress(done, config.episodes)
-        files, new_steps, new_eps = _commit(root, manifest, spec, config, stage, set(seeds) - committed)
+        files, new_steps, new_eps = _commit(ds, spec, config, stage, set(seeds) - committed)
     return CollectResult(config.env_id, config.tier, new_eps, new_steps, skipped, files, time.perf_counter() - started)
 
 
@@ -200,7 +190,7 @@ def collect_transitions(
         result = collect(root, replace(config, episodes=episodes), progress)
         new_eps, new_steps, files = new_eps + result.new_episodes, new_steps + result.new_steps, files + result.files
         skipped = max(skipped, result.skipped_episodes)
-        lengths = _committed(root, Manifest.load(root), config.env_id, config.tier, "length")
+        lengths = Dataset(root).episodes_column("length", config.env_id, config.tier)
         have = int(lengths.sum())
         if have >= transitions:
             return CollectResult(config.env_id, config.tier, new_eps, new_steps, skipped, files,
@@ -213,7 +203,7 @@ def collect_transitions(
 
 
 def _commit(
-    root: Path, manifest: Manifest, spec: EnvSpec, config: CollectConfig, stage: Path, wanted_seeds: set[int]
+    ds: DatasetWriter, spec: EnvSpec, config: CollectConfig, stage: Path, wanted_seeds: set[int]
 ) -> tuple[list[str], int, int]:
     """Move the staged episodes of this run into new shards, then write info and manifest."""
     chunks = _staged_chunks(stage)
@@ -232,34 +222,11 @@ def _commit(
         return [], 0, 0
     eps = pa.concat_tables(eps_parts).sort_by("episode_id")
     steps = pa.concat_tables(steps_parts).sort_by([("episode_id", "ascending"), ("t", "ascending")])
-    all_ids = _committed(root, manifest, None, None, "episode_id")
-    first_id = int(all_ids.max()) + 1 if all_ids.size else 0
-    index = eps.column("episode_id").to_numpy()
-    new_ids = np.arange(first_id, first_id + len(index), dtype=np.int64)
-    eps = eps.set_column(0, "episode_id", pa.array(new_ids))
-    steps_index = steps.column("episode_id").to_numpy()
-    steps = steps.set_column(0, "episode_id", pa.array(new_ids[np.searchsorted(index, steps_index)]))
-
-    files = []
-    commit = Commit(root, manifest)
-    lengths = eps.column("length").to_numpy().astype(np.int64)
-    per_row = max(1, steps.nbytes // max(1, steps.num_rows))
-    group = np.cumsum(lengths) * per_row // config.max_shard_bytes  # shard number of each episode
-    step_starts = np.concatenate([[0], np.cumsum(lengths)])
-    s_idx = manifest.next_index(spec.env_id, "steps", config.tier)
-    e_idx = manifest.next_index(spec.env_id, "episodes", config.tier)
-    for k, g in enumerate(np.unique(group)):
-        lo, hi = np.searchsorted(group, g, "left"), np.searchsorted(group, g, "right")
-        for kind, idx, table in (
-            ("steps", s_idx + k, steps.slice(step_starts[lo], step_starts[hi] - step_starts[lo])),
-            ("episodes", e_idx + k, eps.slice(lo, hi - lo)),
-        ):
-            rel = f"data/{spec.env_id}/{kind}/{config.tier}-{idx:05d}.parquet"
-            commit.write(rel, table)
-            files.append(rel)
+    steps, eps = renumber_episodes(steps, eps, ds.next_episode_id())
+    files = ds.append_episodes(spec, config.tier, steps, eps, max_shard_bytes=config.max_shard_bytes)
     policy_ids = sorted({p.split("/")[0] for p in eps.column("policy_id").to_pylist()})
-    record_collection(root, spec, config.tier, policy_ids)
-    commit.apply()
+    ds.record_collection(spec, config.tier, policy_ids)
+    ds.commit()
     for eps_path in used:
         eps_path.unlink()
         eps_path.with_name(eps_path.name.replace(".episodes.", ".steps.")).unlink()

@@ -27,10 +27,12 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
 from dataclasses import field
+from pathlib import Path
 from typing import Any, Literal, Self, TypeVar, Union
 
 from llmca_data.errors import LlmcaError
@@ -166,7 +168,39 @@ class JsonConfig:
                 continue
             if strict:
                 kwargs[key] = _coerce(owner, prefix + key, value, hints[key])
+            elif isinstance(value, dict) and isinstance(hints[key], type) and issubclass(hints[key], JsonConfig):
+                kwargs[key] = hints[key].from_dict(value, owner=owner, prefix=f"{prefix}{key}.")
             else:
                 kwargs[key] = tuple(value) if isinstance(value, list) else value
         _check_values(cls, kwargs, owner, prefix)
         return cls(**kwargs)
+
+
+def load_settings(path: Path | None) -> dict[str, Any]:
+    """A JSON object of config fields (a command's ``--config FILE``), or {} for None.
+
+    Raises:
+        ConfigError: the file is missing, not JSON or not one JSON object.
+    """
+    if path is None:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not JSON ({exc}); a config file holds one JSON object of config fields") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file holds one JSON object of config fields, got {type(data).__name__}")
+    return data
+
+
+def merge_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``overrides``; nested tables (dicts) merge key by key, anything else is replaced."""
+    out = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_settings(out[key], value)
+        else:
+            out[key] = value
+    return out

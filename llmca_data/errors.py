@@ -33,3 +33,19 @@ class SchemaVersionError(LlmcaError, ValueError):
 
 class UnknownCriticError(LlmcaError, ValueError):
     """A critic id whose ``credit_<critic>`` column is not in the dataset."""
+
+
+class MissingExtraError(LlmcaError, ImportError):
+    """An optional dependency is not installed; the message names the extra that brings it."""
+
+
+class OutputPathError(LlmcaError, OSError):
+    """An output path cannot be written (it is a file, read-only, or its disk is full)."""
+
+
+class DatasetNotFoundError(LlmcaError, FileNotFoundError):
+    """A reading command was pointed at a directory that holds no dataset (nothing is created there)."""
+
+
+class MetadataError(ShardError):
+    """``meta/info.json`` or ``meta/manifest.json`` is not JSON or does not have the shape this package writes."""

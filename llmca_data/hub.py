@@ -39,13 +39,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmca_data import SCHEMA_VERSION, __version__
 from llmca_data.errors import LlmcaError
+from llmca_data.extras import install_hint
 from llmca_data.layout import CARD_PATH, INFO_PATH, MANIFEST_PATH
 from llmca_data.shards import Manifest, sha256_file
 from llmca_data.validate import validate
@@ -55,7 +57,7 @@ if TYPE_CHECKING:
 
 MANAGED_PREFIXES = ("data/", "meta/")
 """Remote files under these folders belong to the dataset: publish deletes those no longer local."""
-INSTALL_HINT = 'pip install "llmca-data[hub]"'
+INSTALL_HINT = install_hint("hub")
 DEFAULT_BRANCH = "main"
 
 
@@ -138,6 +140,38 @@ def _hf_api(token: str | None) -> HfApi:
     except ImportError as exc:
         raise HubDependencyError(f"publishing and downloading need huggingface_hub: {INSTALL_HINT}") from exc
     return HfApi(endpoint=_endpoint(), token=token if token is not None else (os.environ.get("HF_TOKEN") or None))
+
+
+_NETWORK_MODULES = ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3")
+
+
+@contextmanager
+def _hub_errors(api: HfApi, repo_id: str) -> Iterator[None]:
+    """Run Hub calls for ``repo_id``; a bad repo id, an unreachable endpoint or an HTTP error
+    becomes a ``HubError`` that names the endpoint and the fix (the specific errors callers
+    handle, such as a missing repo, pass through)."""
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        yield
+    except HFValidationError as exc:
+        raise HubError(f"{repo_id!r} is not a Hub repo id ({exc}); use namespace/name, e.g. llmca/annotated") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise
+    except HfHubHTTPError as exc:
+        raise HubError(f"the Hub at {api.endpoint} refused a request for {repo_id}: {exc}") from None
+    except Exception as exc:
+        if isinstance(exc, OSError) or type(exc).__module__.split(".")[0] in _NETWORK_MODULES:
+            raise HubError(
+                f"cannot reach the Hub at {api.endpoint} ({type(exc).__name__}: {exc}); check HF_ENDPOINT, "
+                "your network and proxy settings, then run the command again"
+            ) from None
+        raise
 
 
 def _endpoint() -> str | None:
@@ -243,6 +277,20 @@ def publish(
         )
     api = _hf_api(token)
     local = local_files(root)
+    with _hub_errors(api, repo_id):
+        return _publish(api, root, local, repo_id, revision, private, dry_run, message)
+
+
+def _publish(
+    api: HfApi,
+    root: Path,
+    local: dict[str, str | None],
+    repo_id: str,
+    revision: str,
+    private: bool,
+    dry_run: bool,
+    message: str | None,
+) -> PublishResult:
     remote = _read_remote(api, repo_id, revision)
     missing = remote.head is None
     if missing and revision != DEFAULT_BRANCH:
@@ -347,7 +395,8 @@ def download(
     out = Path(out)
 
     try:
-        sha = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
+        with _hub_errors(api, repo_id):
+            sha = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
     except RevisionNotFoundError as exc:
         raise HubError(f"{repo_id} has no revision {revision!r}; check the branch, tag or sha") from exc
     except RepositoryNotFoundError as exc:
@@ -356,7 +405,9 @@ def download(
         ) from exc
     if sha is None:
         raise HubError(f"the Hub returned no commit sha for {repo_id}@{revision}; try again")
-    snapshot_download(repo_id, repo_type="dataset", revision=sha, local_dir=out, token=api.token, endpoint=_endpoint())
+    with _hub_errors(api, repo_id):
+        snapshot_download(repo_id, repo_type="dataset", revision=sha, local_dir=out, token=api.token,
+                          endpoint=_endpoint())  # fmt: skip
     if not (out / MANIFEST_PATH).is_file():
         raise DownloadVerifyError(
             f"{repo_id}@{sha} has no {MANIFEST_PATH}, so nothing can be verified; this is not an llmca "

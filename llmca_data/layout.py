@@ -69,3 +69,11 @@ def data_files(root: Path) -> list[str]:
 def is_build_file(rel_path: str) -> bool:
     """True for the files ``llmca build`` lists in the manifest outside ``data/`` (card, plots)."""
     return _BUILD_FILE.match(rel_path) is not None
+
+
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+
+
+def is_repo_id(text: str) -> bool:
+    """True when ``text`` has the form of a Hub repo id (``namespace/name``), not of a longer path."""
+    return _REPO_ID.fullmatch(text) is not None and ".." not in text and "--" not in text

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from llmca_data import SCHEMA_VERSION, __version__
-from llmca_data.errors import DatasetLockedError, ShardError
+from llmca_data.errors import DatasetLockedError, MetadataError, ShardError
 from llmca_data.layout import LOCK_NAME, MANIFEST_PATH, PENDING_PATH, TRASH_DIR, ShardName, data_files
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,11 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
         ) from exc
 
 
+def _well_typed(entry: FileEntry) -> bool:
+    ints = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in (entry.rows, entry.bytes))
+    return ints and isinstance(entry.path, str) and isinstance(entry.sha256, str)
+
+
 class Manifest:
     """The set of committed data files of a dataset directory."""
 
@@ -177,8 +182,11 @@ class Manifest:
         try:
             raw = json.loads(path.read_text())
             files = {f["path"]: FileEntry(**f) for f in raw["files"]}
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ShardError(f"{path}: malformed manifest ({exc}); restore it from the Hub or re-collect") from exc
+            bad = [e for e in files.values() if not _well_typed(e)]
+            if bad:
+                raise ValueError(f"entry {asdict(bad[0])} needs a str path and sha256, and int rows and bytes")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise MetadataError(f"{path}: malformed manifest ({exc}); restore it from the Hub or re-collect") from exc
         return cls(files)
 
     def save(self, root: Path) -> None:

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from llmca_data.envs.base import EnvSpec
 from llmca_data.rollout import Episode
-from llmca_data.schema import episodes_schema, from_fsl, steps_schema, to_fsl
+from llmca_data.schema import episodes_schema, from_fsl, steps_schema, table_of
 
 
 def episodes_to_tables(episodes: Sequence[Episode], ids: Sequence[int], spec: EnvSpec) -> tuple[pa.Table, pa.Table]:
@@ -32,37 +32,37 @@ def episodes_to_tables(episodes: Sequence[Episode], ids: Sequence[int], spec: En
 
     reward_env = col("reward_env")  # [M, N]
     steps = {
-        "episode_id": pa.array(np.repeat(np.asarray(ids, np.int64), lengths)),
-        "t": pa.array(cat([np.arange(n, dtype=np.int32) for n in lengths])),
-        "obs": to_fsl(col("obs"), s_schema.field("obs").type.value_type.value_type),
-        "state": to_fsl(col("state"), pa.float32()),
-        "action": to_fsl(col("action").astype(np.int16), pa.int16()),
-        "action_mask": to_fsl(col("action_mask"), pa.bool_()),
-        "reward_team": pa.array(reward_env.sum(axis=1, dtype=np.float32)),
-        "reward_env": to_fsl(reward_env, pa.float32()),
-        "cost": to_fsl(col("cost"), pa.float32()),
-        "terminated": pa.array(col("terminated")),
-        "truncated": pa.array(col("truncated")),
+        "episode_id": np.repeat(np.asarray(ids, np.int64), lengths),
+        "t": cat([np.arange(n, dtype=np.int32) for n in lengths]),
+        "obs": col("obs"),
+        "state": col("state"),
+        "action": col("action").astype(np.int16),
+        "action_mask": col("action_mask"),
+        "reward_team": reward_env.sum(axis=1, dtype=np.float32),
+        "reward_env": reward_env,
+        "cost": col("cost"),
+        "terminated": col("terminated"),
+        "truncated": col("truncated"),
     }
     stack = np.stack
     eps = {
-        "episode_id": pa.array(np.asarray(ids, np.int64)),
-        "tier": pa.array([e.tier for e in episodes], pa.string()),
-        "env_id": pa.array([e.env_id for e in episodes], pa.string()),
-        "seed": pa.array([e.seed for e in episodes], pa.int64()),
-        "env_kwargs": pa.array([json.dumps(e.env_kwargs, sort_keys=True) for e in episodes], pa.string()),
-        "versions": pa.array([json.dumps(e.versions, sort_keys=True) for e in episodes], pa.string()),
-        "policy_id": pa.array([e.policy_id for e in episodes], pa.string()),
-        "length": pa.array(lengths.astype(np.int32)),
-        "return_team": pa.array(np.array([e.reward_env.sum() for e in episodes], np.float32)),
-        "return_env": to_fsl(stack([e.reward_env.sum(axis=0) for e in episodes]).astype(np.float32), pa.float32()),
-        "cost_total": to_fsl(stack([e.cost.sum(axis=0) for e in episodes]).astype(np.float32), pa.float32()),
-        "success": pa.array([e.success for e in episodes], pa.bool_()),
-        "final_obs": to_fsl(stack([e.final_obs for e in episodes]), pa.float32()),
-        "final_state": to_fsl(stack([e.final_state for e in episodes]), pa.float32()),
-        "final_action_mask": to_fsl(stack([e.final_action_mask for e in episodes]), pa.bool_()),
+        "episode_id": np.asarray(ids, np.int64),
+        "tier": [e.tier for e in episodes],
+        "env_id": [e.env_id for e in episodes],
+        "seed": [e.seed for e in episodes],
+        "env_kwargs": [json.dumps(e.env_kwargs, sort_keys=True) for e in episodes],
+        "versions": [json.dumps(e.versions, sort_keys=True) for e in episodes],
+        "policy_id": [e.policy_id for e in episodes],
+        "length": lengths.astype(np.int32),
+        "return_team": np.array([e.reward_env.sum() for e in episodes], np.float32),
+        "return_env": stack([e.reward_env.sum(axis=0) for e in episodes]).astype(np.float32),
+        "cost_total": stack([e.cost.sum(axis=0) for e in episodes]).astype(np.float32),
+        "success": [e.success for e in episodes],
+        "final_obs": stack([e.final_obs for e in episodes]),
+        "final_state": stack([e.final_state for e in episodes]),
+        "final_action_mask": stack([e.final_action_mask for e in episodes]),
     }
-    return pa.table(steps, schema=s_schema), pa.table(eps, schema=e_schema)
+    return table_of(s_schema, steps), table_of(e_schema, eps)
 
 
 def tables_to_episodes(steps: pa.Table, episodes: pa.Table, spec: EnvSpec) -> list[Episode]:

@@ -17,24 +17,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from llmca_data.dataset import Dataset
 from llmca_data.envs.base import EnvSpec
-from llmca_data.errors import LlmcaError
+from llmca_data.errors import LlmcaError, ShardError
 from llmca_data.info import load_info, spec_from_info
 from llmca_data.layout import INFO_PATH, MANIFEST_PATH, PENDING_PATH, ShardName, data_files, is_build_file
 from llmca_data.schema import (
     ANNOTATION_STATUSES,
     annotations_schema,
+    credit_column,
     episodes_schema,
     from_fsl,
-    fsl,
     schema_mismatch,
     steps_schema,
 )
-from llmca_data.shards import Manifest, read_shard, sha256_file
+from llmca_data.shards import Manifest, sha256_file
+
+SCHEMAS = {"steps": steps_schema, "episodes": episodes_schema, "annotations": annotations_schema}
+SHAPLEY = credit_column("shapley")
 
 
 @dataclass(frozen=True)
@@ -63,14 +68,18 @@ class ValidationReport:
 
 
 def validate(root: Path, progress: Callable[[int, int], None] | None = None) -> ValidationReport:
-    """Validate the dataset at ``root``; never raises for bad data, only reports it."""
+    """Validate the dataset at ``root``; never raises for bad data (malformed metadata included), only reports it."""
     started = time.perf_counter()
     report = ValidationReport()
     try:
         manifest = Manifest.load(root)
-        info = load_info(root)
     except LlmcaError as exc:
         report.add(MANIFEST_PATH, str(exc))
+        return report
+    try:
+        info = load_info(root)
+    except LlmcaError as exc:
+        report.add(INFO_PATH, str(exc))
         return report
     if not (root / MANIFEST_PATH).exists():
         report.add(MANIFEST_PATH, "missing: no writer ever committed here (run `llmca collect`)")
@@ -95,27 +104,16 @@ def validate(root: Path, progress: Callable[[int, int], None] | None = None) -> 
     names = [n for n in map(ShardName.parse, sorted(listed)) if n is not None]
     for rel in sorted(listed - {str(n) for n in names}):
         report.add(rel, "file name does not follow data/<env_id>/<kind>/<tier>-NNNNN.parquet")
-    tables: dict[tuple[str, str, str], list[tuple[str, pa.Table]]] = {}
-    for k, name in enumerate(names):
-        rel = str(name)
-        if progress:
-            progress(k, len(names))
-        table = _check_file(root, rel, manifest, report)
-        if table is None:
-            continue
-        env = info.get("envs", {}).get(name.env_id)
-        if env is None:
-            report.add(rel, f"env {name.env_id} is not described in {INFO_PATH}")
-            continue
-        if _check_schema(rel, table, spec_from_info(env), name.kind, report):
-            tables.setdefault((name.env_id, name.tier, name.kind), []).append((rel, table))
-            if name.kind == "annotations":
-                _check_annotations(rel, table, report)
-    for (env_id, tier, kind), parts in sorted(tables.items()):
-        if kind == "steps":
-            _check_steps(env_id, tier, parts, tables.get((env_id, tier, "episodes"), []), report)
-    if progress:
-        progress(len(names), len(names))
+    present = [n for n in names if (root / str(n)).exists()]
+    for name in present:
+        _check_hash(root, str(name), manifest, report)
+    checks = _ShardChecks(manifest, info, report)
+
+    def unreadable(name: ShardName, exc: ShardError) -> None:
+        report.add(str(name), str(exc).removeprefix(f"{root / str(name)}: "))
+
+    Dataset(root, manifest).scan([checks], present, on_error=unreadable, progress=progress)
+    checks.finish()
     report.seconds = time.perf_counter() - started
     return report
 
@@ -133,10 +131,9 @@ def _check_build_file(root: Path, rel: str, manifest: Manifest, report: Validati
         report.add(rel, "differs from the manifest (edited after `llmca build`?); run `llmca build` to render it again")
 
 
-def _check_file(root: Path, rel: str, manifest: Manifest, report: ValidationReport) -> pa.Table | None:
+def _check_hash(root: Path, rel: str, manifest: Manifest, report: ValidationReport) -> None:
+    """A committed shard has the manifest's size and sha256."""
     path = root / rel
-    if not path.exists():
-        return None
     entry = manifest.files[rel]
     size = path.stat().st_size
     report.files += 1
@@ -145,25 +142,58 @@ def _check_file(root: Path, rel: str, manifest: Manifest, report: ValidationRepo
         report.add(rel, f"size {size} bytes, manifest says {entry.bytes} (truncated or replaced)")
     elif sha256_file(path) != entry.sha256:
         report.add(rel, "sha256 differs from the manifest (the file was modified or corrupted)")
-    try:
-        table = read_shard(path)
-    except LlmcaError as exc:
-        report.add(rel, str(exc).removeprefix(f"{path}: "))
-        return None
-    report.rows += table.num_rows
-    if table.num_rows != entry.rows:
-        report.add(rel, f"{table.num_rows} rows, manifest says {entry.rows}")
-    return table
+
+
+class _ShardChecks:
+    """A ``Dataset.scan`` visitor: each shard's rows, schema and invariants; ``finish`` checks each
+    (env, tier) across its shards (order, t, the episodes table)."""
+
+    def __init__(self, manifest: Manifest, info: dict[str, Any], report: ValidationReport) -> None:
+        self.manifest, self.info, self.report = manifest, info, report
+        self.steps: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}  # (episode_id, t) per shard
+        self.episodes: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}  # (episode_id, length)
+        self.specs: dict[str, EnvSpec | None] = {}  # None: malformed in meta/info.json (reported once)
+
+    def columns(self, name: ShardName, schema: pa.Schema) -> None:
+        return None  # every column: the schema and the invariants are checked
+
+    def visit(self, name: ShardName, table: pa.Table) -> None:
+        rel, report = str(name), self.report
+        report.rows += table.num_rows
+        if table.num_rows != self.manifest.files[rel].rows:
+            report.add(rel, f"{table.num_rows} rows, manifest says {self.manifest.files[rel].rows}")
+        env = self.info.get("envs", {}).get(name.env_id)
+        if env is None:
+            report.add(rel, f"env {name.env_id} is not described in {INFO_PATH}")
+            return
+        if name.env_id not in self.specs:
+            try:
+                self.specs[name.env_id] = spec_from_info(env)
+            except LlmcaError as exc:
+                self.specs[name.env_id] = None
+                report.add(INFO_PATH, str(exc))
+        spec = self.specs[name.env_id]
+        if spec is None:
+            return
+        if not _check_schema(rel, table, spec, name.kind, report):
+            return
+        key = (name.env_id, name.tier)
+        if name.kind == "annotations":
+            _check_annotations(rel, table, report)
+        elif name.kind == "episodes":
+            parts = (table.column("episode_id").to_numpy(), table.column("length").to_numpy())
+            self.episodes.setdefault(key, []).append(parts)
+        else:
+            _check_step_rows(rel, table, report)
+            self.steps.setdefault(key, []).append((table.column("episode_id").to_numpy(), table.column("t").to_numpy()))
+
+    def finish(self) -> None:
+        for (env_id, tier), parts in sorted(self.steps.items()):
+            _check_episodes(env_id, tier, parts, self.episodes.get((env_id, tier), []), self.report)
 
 
 def _check_schema(rel: str, table: pa.Table, spec: EnvSpec, kind: str, report: ValidationReport) -> bool:
-    expected = {"steps": steps_schema, "episodes": episodes_schema, "annotations": annotations_schema}[kind](spec)
-    problem = schema_mismatch(table.schema, expected)
-    expected_types = {"credit_": fsl(pa.float32(), spec.n_agents), "task_": fsl(pa.int16(), spec.n_agents)}
-    for f in table.schema:
-        for prefix, want in expected_types.items():
-            if f.name.startswith(prefix) and f.type != want:
-                problem = (problem + "; " if problem else "") + f"{f.name}: {f.type} (expected {want})"
+    problem = schema_mismatch(table.schema, SCHEMAS[kind](spec), spec.n_agents if kind == "steps" else None)
     if problem:
         report.add(rel, f"wrong schema for {spec.env_id} {kind}: {problem}")
     return problem is None
@@ -178,42 +208,40 @@ def _check_annotations(rel: str, table: pa.Table, report: ValidationReport) -> N
         report.add(rel, "duplicate (episode_id, critic) rows")
 
 
-def _check_steps(
+def _check_step_rows(rel: str, table: pa.Table, report: ValidationReport) -> None:
+    """Within one steps shard: episode ends, reward_team, Shapley efficiency."""
+    ids = table.column("episode_id").to_numpy()
+    term = table.column("terminated").to_numpy(zero_copy_only=False)
+    trunc = table.column("truncated").to_numpy(zero_copy_only=False)
+    if np.any(term & trunc):
+        report.add(rel, f"{int(np.sum(term & trunc))} steps are both terminated and truncated")
+    last = np.append(ids[1:] != ids[:-1], True)  # last row of each episode within the shard
+    if np.any((term | trunc) & ~last):
+        report.add(rel, "an episode ends (terminated/truncated) before its last step")
+    if np.any(last & ~(term | trunc)):
+        report.add(rel, "an episode's last step is neither terminated nor truncated (cut episode?)")
+    n = table.schema.field("reward_env").type.list_size
+    reward_env = from_fsl(table.column("reward_env"), (n,))
+    team = table.column("reward_team").to_numpy()
+    if not np.allclose(reward_env.sum(axis=1), team, atol=1e-5):
+        report.add(rel, "reward_team differs from the sum of reward_env")
+    if SHAPLEY in table.column_names:
+        credit = from_fsl(table.column(SHAPLEY), (n,)).sum(axis=1)
+        ok = np.isnan(credit) | np.isclose(credit, team, atol=1e-4)
+        if not ok.all():
+            report.add(rel, f"Shapley efficiency fails on {int((~ok).sum())} steps (credits must sum to reward_team)")
+
+
+def _check_episodes(
     env_id: str,
     tier: str,
-    steps: list[tuple[str, pa.Table]],
-    episodes: list[tuple[str, pa.Table]],
+    steps: list[tuple[np.ndarray, np.ndarray]],
+    episodes: list[tuple[np.ndarray, np.ndarray]],
     report: ValidationReport,
 ) -> None:
+    """Across the steps shards of one (env, tier): sort order, t, and agreement with the episodes table."""
     where = f"data/{env_id}/steps/{tier}-*"
-    ids_all, t_all = [], []
-    for rel, table in steps:
-        ids = table.column("episode_id").to_numpy()
-        t = table.column("t").to_numpy()
-        term = table.column("terminated").to_numpy(zero_copy_only=False)
-        trunc = table.column("truncated").to_numpy(zero_copy_only=False)
-        if np.any(term & trunc):
-            report.add(rel, f"{int(np.sum(term & trunc))} steps are both terminated and truncated")
-        last = np.append(ids[1:] != ids[:-1], True)  # last row of each episode within the shard
-        if np.any((term | trunc) & ~last):
-            report.add(rel, "an episode ends (terminated/truncated) before its last step")
-        if np.any(last & ~(term | trunc)):
-            report.add(rel, "an episode's last step is neither terminated nor truncated (cut episode?)")
-        n = table.schema.field("reward_env").type.list_size
-        reward_env = from_fsl(table.column("reward_env"), (n,))
-        team = table.column("reward_team").to_numpy()
-        if not np.allclose(reward_env.sum(axis=1), team, atol=1e-5):
-            report.add(rel, "reward_team differs from the sum of reward_env")
-        if "credit_shapley" in table.column_names:
-            credit = from_fsl(table.column("credit_shapley"), (n,)).sum(axis=1)
-            ok = np.isnan(credit) | np.isclose(credit, team, atol=1e-4)
-            if not ok.all():
-                report.add(
-                    rel, f"Shapley efficiency fails on {int((~ok).sum())} steps (credits must sum to reward_team)"
-                )
-        ids_all.append(ids)
-        t_all.append(t)
-    ids, t = np.concatenate(ids_all), np.concatenate(t_all)
+    ids, t = np.concatenate([i for i, _ in steps]), np.concatenate([t for _, t in steps])
     new_ep = np.append(True, ids[1:] != ids[:-1])
     if np.any(np.diff(ids) < 0) or len(np.unique(ids)) != int(new_ep.sum()):
         report.add(where, "steps are not sorted by episode_id (an episode's rows must be contiguous and ordered)")
@@ -224,8 +252,7 @@ def _check_steps(
     if not episodes:
         report.add(where, f"no episodes shard for tier {tier}")
         return
-    eps = pa.concat_tables([tb for _, tb in episodes])
-    ep_ids = eps.column("episode_id").to_numpy()
+    ep_ids = np.concatenate([i for i, _ in episodes])
     step_ids, counts = np.unique(ids, return_counts=True)
     if len(np.unique(ep_ids)) != len(ep_ids):
         report.add(f"data/{env_id}/episodes/{tier}-*", "duplicate episode ids")
@@ -233,7 +260,7 @@ def _check_steps(
         report.add(where, "the episode ids of steps and episodes tables differ")
         return
     order = np.argsort(ep_ids)
-    lengths = eps.column("length").to_numpy()[order]
+    lengths = np.concatenate([n for _, n in episodes])[order]
     if not np.array_equal(lengths, counts):
         bad = step_ids[lengths != counts][:5].tolist()
         report.add(f"data/{env_id}/episodes/{tier}-*", f"length differs from the number of steps for episodes {bad}")

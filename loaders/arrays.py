@@ -8,14 +8,14 @@ and uniform minibatches of torch tensors. Page checksums are verified while deco
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from llmca_data.errors import LlmcaError, ShardError
+from llmca_data.errors import ShardError
+from llmca_data.extras import require
 from llmca_data.shards import read_shard
 
 if TYPE_CHECKING:
@@ -23,10 +23,6 @@ if TYPE_CHECKING:
 
 _NORMALIZE_EPS = 1e-6
 """Credits summing to less than this (in absolute value) are not rescaled but replaced by r_team / N."""
-
-
-class MissingExtraError(LlmcaError, ImportError):
-    """An optional dependency is not installed; the message names the extra."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +46,8 @@ def normalize_credits(credits: np.ndarray, team: np.ndarray) -> np.ndarray:
     total = credits.sum(axis=1)  # [M]
     ok = np.abs(total) > _NORMALIZE_EPS
     scale = np.divide(team, total, out=np.zeros_like(team, dtype=np.float64), where=ok)  # [M]
-    return np.where(ok[:, None], credits * scale[:, None], (team / n)[:, None]).astype(np.float32)
+    out: np.ndarray = np.where(ok[:, None], credits * scale[:, None], (team / n)[:, None]).astype(np.float32)  # [M, N]
+    return out
 
 
 def read_columns(shards: list[ShardRef], layout: dict[str, tuple[tuple[int, ...], type]]) -> dict[str, np.ndarray]:
@@ -93,16 +90,7 @@ def sample_batch(
     Uses ``torch.index_select``, 2-4x faster on CPU than ``tensor[idx]`` (``benchmarks/loaders.py``).
     A ``generator`` must live on the tensors' device.
     """
-    th = import_extra("torch")
+    th = require("torch")
     first = next(iter(tensors.values()))
     idx = th.randint(first.shape[0], (batch_size,), device=first.device, generator=generator)  # [B]
     return {k: th.index_select(v, 0, idx) for k, v in tensors.items()}
-
-
-def import_extra(module: str) -> Any:
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingExtraError(
-            f'{module} is not installed ({exc}); install it with: pip install "llmca-data[train]"'
-        ) from exc

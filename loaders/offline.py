@@ -39,7 +39,6 @@ import importlib
 import io
 import logging
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,16 +46,25 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from llmca_data.dataset import Dataset
 from llmca_data.envs import make_env
 from llmca_data.envs.base import EnvSpec, MultiAgentEnv
-from llmca_data.errors import LlmcaError, ShardError, UnknownCriticError, UnknownEnvError, UnknownTierError
+from llmca_data.errors import (
+    LlmcaError,
+    MissingExtraError,
+    ShardError,
+    UnknownCriticError,
+    UnknownEnvError,
+    UnknownTierError,
+)
+from llmca_data.extras import require
 from llmca_data.info import load_info, spec_from_info
-from llmca_data.schema import credit_column
-from llmca_data.shards import Manifest, read_shard
+from llmca_data.layout import is_repo_id
+from llmca_data.schema import TASK, credit_column, critic_column_kind, task_column
+from llmca_data.shards import read_shard
 
-from .arrays import MissingExtraError, ShardRef, import_extra, normalize_credits, read_columns
+from .arrays import ShardRef, normalize_credits, read_columns
 
 if TYPE_CHECKING:
     import torch
@@ -64,7 +72,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _FINALS = frozenset({"episode_id", "final_obs", "final_state", "final_action_mask"})
 
 
@@ -80,7 +87,7 @@ def resolve_root(path_or_repo_id: str | os.PathLike[str], revision: str | None =
             log.warning("revision %s ignored: %s is a local directory", revision, path)
         return path
     text = str(path_or_repo_id)
-    if not _REPO_ID.fullmatch(text):
+    if not is_repo_id(text):
         raise LoaderError(f"no dataset at {text}: give a dataset directory or a Hub repo id such as llmca/annotated")
     try:
         hub = importlib.import_module("llmca_data.hub")
@@ -148,7 +155,8 @@ class OfflineDataset:
         if env_id not in envs:
             present = ", ".join(envs) or "none (is this a dataset directory?)"
             raise UnknownEnvError(f"{root} has no env {env_id!r}; envs present: {present}")
-        manifest = Manifest.load(root)
+        ds = Dataset(root)
+        manifest = ds.manifest
         present_tiers = sorted({n.tier for n in manifest.shards(env_id, "steps")})
         wanted = present_tiers if tiers is None else list(dict.fromkeys([tiers] if isinstance(tiers, str) else tiers))
         unknown = [t for t in wanted if t not in present_tiers]
@@ -160,20 +168,14 @@ class OfflineDataset:
         steps = []
         for tier in wanted:
             for name in manifest.shards(env_id, "steps", tier):
-                path = root / str(name)
-                try:
-                    columns = frozenset(pq.read_schema(path).names)
-                except (OSError, pa.ArrowException) as exc:
-                    raise ShardError(f"{path}: missing or unreadable ({exc}); run `llmca validate`") from exc
-                steps.append(ShardRef(path, tier, manifest.files[str(name)].rows, columns))
+                columns = frozenset(ds.schema(name).names)
+                steps.append(ShardRef(root / str(name), tier, manifest.files[str(name)].rows, columns))
         episodes = [
             ShardRef(root / str(n), t, manifest.files[str(n)].rows, _FINALS)
             for t in wanted
             for n in manifest.shards(env_id, "episodes", t)
         ]
-        known = {c["column"]: cid for cid, c in info.get("critics", {}).items() if "column" in c}
-        credit_cols = sorted({c for s in steps for c in s.columns if c.startswith("credit_")})
-        critic_ids = {c: known.get(c, c.removeprefix("credit_").replace("_", "-")) for c in credit_cols}
+        critic_ids = ds.critics(env_id, wanted)
         return cls(root, spec_from_info(info["envs"][env_id]), tuple(wanted), steps, episodes, critic_ids)
 
     @property
@@ -188,7 +190,7 @@ class OfflineDataset:
     @property
     def task_columns(self) -> tuple[str, ...]:
         """The ``task_<critic>`` columns (LLM-TACA task assignments) in the selected steps shards."""
-        return tuple(sorted({c for s in self._steps for c in s.columns if c.startswith("task_")}))
+        return tuple(sorted({c for s in self._steps for c in s.columns if critic_column_kind(c) is TASK}))
 
     @property
     def rewards(self) -> tuple[str, ...]:
@@ -243,7 +245,7 @@ class OfflineDataset:
             ``terminated``/``truncated`` [M] bool, ``cost`` [M, N] f32, ``episode_id`` [M] i64 and
             ``t`` [M] i64. The ``next_*`` of an episode's last step are its ``final_*`` columns.
         """
-        th = import_extra("torch")
+        th = require("torch")
         return {k: th.from_numpy(v).to(device) for k, v in self._arrays(reward, normalize, tasks).items()}
 
     def sequences(
@@ -256,7 +258,7 @@ class OfflineDataset:
         """
         if length < 1:
             raise LoaderError(f"sequence length must be >= 1, got {length}")
-        th = import_extra("torch")
+        th = require("torch")
         tr = self.transitions(reward, device, normalize, tasks)
         ep = tr["episode_id"]  # [M]
         m = ep.shape[0]
@@ -291,7 +293,7 @@ class OfflineDataset:
         if not 0 <= agent < self.spec.n_agents:
             raise LoaderError(f"agent {agent} out of range: {self.env_id} has agents 0..{self.spec.n_agents - 1}")
         with contextlib.redirect_stderr(io.StringIO()):  # legacy gym prints a notice on import
-            d3rlpy = import_extra("d3rlpy")
+            d3rlpy = require("d3rlpy")
         arr = self._arrays(reward, normalize)
         terminals, timeouts = arr["terminated"], arr["truncated"]
         if np.any(terminals & timeouts):
@@ -321,7 +323,7 @@ class OfflineDataset:
         )
 
     def _task_column(self, tasks: str) -> str:
-        name = tasks if tasks.startswith("task_") else "task_" + tasks.replace("-", "_")
+        name = tasks if critic_column_kind(tasks) is TASK else task_column(tasks)
         if name not in self.task_columns:
             present = ", ".join(self.task_columns) or "none (annotate with `llmca annotate --critic llm-taca`)"
             raise UnknownCriticError(

@@ -22,13 +22,16 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from typing import Any, cast
 
 import openai
 
+from llmca_data.config import ConfigError, JsonConfig
 from llmca_data.errors import LlmcaError
+
+from .config import TransportConfig
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +43,7 @@ DEFAULT_API_KEY = "not-needed"
 
 
 @dataclass(frozen=True)
-class ClientConfig:
+class ClientConfig(JsonConfig):
     """Where and how to send requests. Holds no secret: the key is read from the environment."""
 
     base_url: str
@@ -49,40 +52,15 @@ class ClientConfig:
     """Model id sent with every request (as listed by ``GET {base_url}/models``)."""
     api_key_env: str = "OPENAI_API_KEY"
     """Name of the environment variable holding the key, read when the client is created."""
-    timeout_s: float = 120.0
-    """Timeout of one HTTP attempt, in seconds."""
-    max_retries: int = 4
-    """Retries after the first attempt (so at most ``max_retries + 1`` requests)."""
-    backoff_s: float = 1.0
-    """First retry wait; the k-th retry waits ``min(max_backoff_s, backoff_s * 2**k)`` plus jitter."""
-    max_backoff_s: float = 30.0
-    """Cap on one wait, ``Retry-After`` included."""
-    total_retry_s: float = 300.0
-    """Cap on the total time of one request with its retries; no wait may cross it."""
-    concurrency: int = 1
-    """Requests in flight at once (1 for the local llama.cpp server)."""
-    price_in: float = 0.0
-    """USD per 1M prompt tokens, for the cost estimate."""
-    price_out: float = 0.0
-    """USD per 1M completion tokens, for the cost estimate."""
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    """Timeouts, retries, concurrency and prices."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.base_url:
-            raise ValueError("ClientConfig.base_url is empty; pass --base-url, e.g. http://127.0.0.1:8080/v1")
+            raise ConfigError("ClientConfig.base_url is empty; pass --base-url, e.g. http://127.0.0.1:8080/v1")
         if not self.model:
-            raise ValueError("ClientConfig.model is empty; pass --model (see GET {base_url}/models)")
-        if self.concurrency < 1:
-            raise ValueError(f"ClientConfig.concurrency must be >= 1, got {self.concurrency}")
-        if self.max_retries < 0:
-            raise ValueError(f"ClientConfig.max_retries must be >= 0, got {self.max_retries}")
-        for name in ("timeout_s", "backoff_s", "max_backoff_s", "total_retry_s", "price_in", "price_out"):
-            value = getattr(self, name)
-            if not math.isfinite(value) or value < 0 or (name == "timeout_s" and value == 0):
-                raise ValueError(f"ClientConfig.{name} must be a finite number >= 0 (timeout > 0), got {value}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as plain JSON values (the variable's name, never the key)."""
-        return asdict(self)
+            raise ConfigError("ClientConfig.model is empty; pass --model (see GET {base_url}/models)")
 
 
 @dataclass(frozen=True)
@@ -168,7 +146,7 @@ class LLMClient:
         self.config = config
         api_key = os.environ.get(config.api_key_env) or DEFAULT_API_KEY
         self._client = openai.AsyncOpenAI(
-            base_url=config.base_url, api_key=api_key, max_retries=0, timeout=config.timeout_s
+            base_url=config.base_url, api_key=api_key, max_retries=0, timeout=config.transport.timeout_s
         )
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
@@ -187,15 +165,15 @@ class LLMClient:
     def _slot(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
         if self._semaphore is None or self._semaphore_loop is not loop:
-            self._semaphore = asyncio.Semaphore(self.config.concurrency)
+            self._semaphore = asyncio.Semaphore(self.config.transport.concurrency)
             self._semaphore_loop = loop
         return self._semaphore
 
     def _backoff(self, retry: int, retry_after: float | None) -> float:
-        cfg = self.config
-        base = retry_after if retry_after is not None else cfg.backoff_s * 2.0**retry
-        base = min(cfg.max_backoff_s, base)
-        return base + self._rng.uniform(0.0, 0.1 * min(cfg.backoff_s, cfg.max_backoff_s))
+        t = self.config.transport
+        base = retry_after if retry_after is not None else t.backoff_s * 2.0**retry
+        base = min(t.max_backoff_s, base)
+        return base + self._rng.uniform(0.0, 0.1 * min(t.backoff_s, t.max_backoff_s))
 
     def _fail_fast(self, exc: openai.APIStatusError) -> LLMRequestError:
         cfg = self.config
@@ -243,13 +221,14 @@ class LLMClient:
             LLMRequestError: A non-retryable status, or retries exhausted or out of time.
         """
         cfg = self.config
+        t = cfg.transport
         async with self._slot():
             start = time.monotonic()
             attempt = 0
             while True:
                 attempt += 1
                 elapsed = time.monotonic() - start
-                timeout = cfg.timeout_s if attempt == 1 else max(0.001, min(cfg.timeout_s, cfg.total_retry_s - elapsed))
+                timeout = t.timeout_s if attempt == 1 else max(0.001, min(t.timeout_s, t.total_retry_s - elapsed))
                 t0 = time.monotonic()
                 retry_after: float | None = None
                 try:
@@ -284,19 +263,24 @@ class LLMClient:
                 fix = (
                     "check --base-url and that the server is up (see its log), or raise --timeout / lower --concurrency"
                 )
-                if attempt > cfg.max_retries:
+                if attempt > t.max_retries:
                     raise LLMRequestError(
                         f"{where} failed after {attempt} attempts; last error: {last_error}; {fix}"
                     ) from cause
                 delay = self._backoff(attempt - 1, retry_after)
                 spent = time.monotonic() - start
-                if spent + delay >= cfg.total_retry_s:
+                if spent + delay >= t.total_retry_s:
                     raise LLMRequestError(
                         f"{where} gave up after {attempt} attempts and {spent:.1f} s (total_retry_s="
-                        f"{cfg.total_retry_s:g}; next wait {delay:.1f} s); last error: {last_error}; {fix}"
+                        f"{t.total_retry_s:g}; next wait {delay:.1f} s); last error: {last_error}; {fix}"
                     ) from cause
                 logger.warning(
-                    "%s failed (%s); retry %d/%d in %.2f s", where, last_error, attempt, cfg.max_retries, delay
+                    "%s failed (%s); retry %d/%d in %.2f s",
+                    where,
+                    last_error,
+                    attempt,
+                    t.max_retries,
+                    delay,
                 )
                 await asyncio.sleep(delay)
 
@@ -313,7 +297,7 @@ class LLMClient:
         usage = getattr(response, "usage", None)
         tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
         tokens_out = int(getattr(usage, "completion_tokens", 0) or 0)
-        cost = (tokens_in * self.config.price_in + tokens_out * self.config.price_out) / 1e6
+        cost = self.config.transport.cost_usd(tokens_in, tokens_out)
         return Completion(
             text=str(text),
             tokens_in=tokens_in,
@@ -329,13 +313,13 @@ class LLMClient:
         """The model ids the server lists (one attempt; a readiness check polls it).
 
         Args:
-            timeout_s: Timeout of this call; defaults to ``min(config.timeout_s, 10)``.
+            timeout_s: Timeout of this call; defaults to ``min(config.transport.timeout_s, 10)``.
 
         Raises:
             LLMRequestError: The server is unreachable or answered with an error.
         """
         cfg = self.config
-        timeout = timeout_s if timeout_s is not None else min(cfg.timeout_s, 10.0)
+        timeout = timeout_s if timeout_s is not None else min(cfg.transport.timeout_s, 10.0)
         try:
             page = await self._client.models.list(timeout=timeout)
         except openai.APIStatusError as exc:

@@ -31,6 +31,7 @@ from llmca_data.rollout import Episode, replay_iter
 from ..critic import CriticOutput
 from .cache import CachedReply, ReplyCache, request_key
 from .client import ClientConfig, LLMClient, LLMRequestError
+from .config import LLMConfig
 from .prompt import (
     build_messages,
     estimate_tokens,
@@ -44,62 +45,6 @@ from .reply import ReplyError, parse_reply, reply_grammar, reply_json_schema
 from .server import LocalLLMServer, LocalServerConfig
 
 log = logging.getLogger(__name__)
-
-RESPONSE_FORMATS = ("grammar", "json_object", "json_schema", "none")
-TEAM_REWARDS = ("true", "delayed", "noisy")
-
-
-@dataclass(frozen=True)
-class LLMConfig:
-    """Everything that determines the LLM critic's requests (saved with every annotation)."""
-
-    critic: str = "llm-mca"
-    """``llm-mca`` (credits) or ``llm-taca`` (credits and one task per agent per step)."""
-    base_url: str = ""
-    """An OpenAI-compatible endpoint; empty starts the embedded llama.cpp server."""
-    model: str = ""
-    """The model name sent with requests; empty = the embedded server's alias."""
-    response_format: str = "grammar"
-    """grammar (llama.cpp GBNF), json_object (+schema, llama-cpp-python), json_schema (OpenAI), none."""
-    temperature: float = 0.0
-    max_tokens: int = 0
-    """0 scales the budget with T × N."""
-    episodes_per_prompt: int = 1
-    max_window: int = 30
-    """Most timesteps in one request; longer episodes are split into windows."""
-    team_reward: str = "true"
-    """true, or a stress variant: delayed (all reward at the last step) or noisy (+ Gaussian noise)."""
-    noise_std: float = 0.0
-    noise_seed: int = 0
-    concurrency: int = 1
-    timeout_s: float = 300.0
-    """Seconds per request (the small local model on a busy 2-core machine can need minutes)."""
-    max_retries: int = 4
-    retry_backoff_s: float = 1.0
-    """First wait before a retry; doubles each time (``Retry-After`` wins when the server sends it)."""
-    total_retry_s: float = 300.0
-    """Most time spent retrying one request."""
-    max_cost: float = 0.0
-    """USD budget for this run (0 = unlimited); needs prices to mean anything."""
-    price_in: float = 0.0
-    price_out: float = 0.0
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.critic not in ("llm-mca", "llm-taca"):
-            raise ValueError(f"critic must be llm-mca or llm-taca, got {self.critic!r}")
-        if self.response_format not in RESPONSE_FORMATS:
-            raise ValueError(f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}")
-        if self.team_reward not in TEAM_REWARDS:
-            raise ValueError(f"--team-reward must be one of {', '.join(TEAM_REWARDS)}")
-
-    @property
-    def critic_id(self) -> str:
-        return self.critic if self.team_reward == "true" else f"{self.critic}-{self.team_reward}"
-
-    @property
-    def with_tasks(self) -> bool:
-        return self.critic == "llm-taca"
 
 
 @dataclass
@@ -208,7 +153,7 @@ class LLMCritic:
         tokens_in = sum(estimate_tokens("".join(m["content"] for m in r.messages)) for r in requests)
         tokens_out = sum(r.max_tokens for r in requests)
         cached = sum(self.cache.get(r.key) is not None for r in requests)
-        cost = (tokens_in * self.config.price_in + tokens_out * self.config.price_out) / 1e6
+        cost = self.config.transport.cost_usd(tokens_in, tokens_out)
         return {"requests": len(requests), "cached": cached, "prompt_tokens": tokens_in,
                 "max_output_tokens": tokens_out, "estimated_cost_usd": cost}  # fmt: skip
 
@@ -239,13 +184,7 @@ class LLMCritic:
     def _client(self) -> LLMClient:
         cfg = self.config
         base_url = cfg.base_url or (self._embedded.base_url if self._embedded else "")
-        return LLMClient(
-            ClientConfig(
-                base_url=base_url, model=self.model, timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
-                concurrency=cfg.concurrency, price_in=cfg.price_in, price_out=cfg.price_out,
-                backoff_s=cfg.retry_backoff_s, total_retry_s=cfg.total_retry_s,
-            )
-        )  # fmt: skip
+        return LLMClient(ClientConfig(base_url=base_url, model=self.model, transport=cfg.transport))
 
     async def _run_all(self, requests: list[_Request]) -> None:
         client = self._client()
@@ -269,8 +208,8 @@ class LLMCritic:
         cached = self.cache.get(key)
         if cached is not None:
             return cached, None
-        estimate = (estimate_tokens("".join(m["content"] for m in messages)) * self.config.price_in
-                    + request.max_tokens * self.config.price_out) / 1e6  # fmt: skip
+        estimate = self.config.transport.cost_usd(estimate_tokens("".join(m["content"] for m in messages)),
+                                                  request.max_tokens)  # fmt: skip
         if self.config.max_cost and self.spent_usd + estimate > self.config.max_cost:
             raise LLMRequestError(
                 f"not sent: --max-cost {self.config.max_cost} USD would be exceeded; rerun with a larger budget"

@@ -33,11 +33,12 @@ from types import TracebackType
 from typing import Any
 
 from llmca_data.errors import LlmcaError
+from llmca_data.extras import install_hint
 from llmca_data.shards import sha256_file
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = 'pip install "llmca-data[local-llm]"'
+INSTALL_HINT = install_hint("local-llm")
 
 
 class LocalLLMError(LlmcaError, RuntimeError):
@@ -166,6 +167,11 @@ class LocalLLMServer:
 
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def wait(self) -> None:
+        """Block until the server process ends (Ctrl-C raises ``KeyboardInterrupt`` here)."""
+        if self._proc is not None:
+            self._proc.wait()
 
     def stop(self) -> None:
         if self._proc is None:

@@ -1,4 +1,5 @@
-"""``llmca leaderboard validate | evaluate | render``: thin commands over ``llmca_data.leaderboard``.
+"""``llmca leaderboard validate | evaluate | render``: thin commands over ``llmca_data.leaderboard``
+(registered on the ``leaderboard`` sub-app by ``llmca_data.cli``).
 
 A rejected submission prints every problem (file, what, fix) on stderr and exits 1.
 """
@@ -10,18 +11,11 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from llmca_data.cli import console, err_console
+from llmca_data.cli.output import console, problem, warn
 from llmca_data.cli.progress import progress_bar
 
 if TYPE_CHECKING:
     from llmca_data.leaderboard.submission import DatasetIdentity, SubmissionError
-
-leaderboard_app: typer.Typer = typer.Typer(
-    help="Validate submissions safely, re-evaluate them, and render the leaderboard from verified results.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 
 DATASET_HELP = "The leaderboard's dataset (directory or Hub repo id); the submission's identity must equal it."
 
@@ -33,13 +27,12 @@ def _expected(dataset: str | None, revision: str | None) -> DatasetIdentity | No
 
 
 def _reject(submission: Path, exc: SubmissionError) -> None:
-    for problem in exc.problems:
-        err_console.print(f"[red]problem[/red] {problem}", highlight=False)
-    err_console.print(f"{submission}: REJECTED ({len(exc.problems)} problem(s)); nothing was deserialised")
+    for found in exc.problems:
+        problem(str(found))
+    problem(f"{submission}: REJECTED ({len(exc.problems)} problem(s)); nothing was deserialised")
     raise typer.Exit(1)
 
 
-@leaderboard_app.command("validate")
 def validate_cmd(
     submission: Path = typer.Argument(..., help="Submission directory (submission.json + safetensors checkpoints)."),
     dataset: str = typer.Option(None, "--dataset", help=DATASET_HELP),
@@ -59,7 +52,6 @@ def validate_cmd(
     console.print(f"{submission}: valid — {sub.team} / {sub.algorithm} on {sub.dataset}: {groups}")
 
 
-@leaderboard_app.command("evaluate")
 def evaluate_cmd(
     submission: Path = typer.Argument(..., help="Submission directory."),
     out: Path = typer.Option(..., "--out", help="Results directory (one folder per submission)."),
@@ -97,11 +89,10 @@ def evaluate_cmd(
                           f"{shown}, {frozen} frozen episode(s), {flags} flag(s)")  # fmt: skip
             for s in seeds.values():
                 for flag in s["flags"]:
-                    err_console.print(f"[yellow]flag[/yellow] {s['checkpoint']}: {flag}", highlight=False)
+                    warn(f"flag {s['checkpoint']}: {flag}")
     console.print(f"verified results → {path}")
 
 
-@leaderboard_app.command("render")
 def render_cmd(
     results_dir: Path = typer.Argument(..., help="Results directory from `llmca leaderboard evaluate`."),
     out: Path = typer.Option(..., "--out", help="Where to write leaderboard.md, index.html and plots/."),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from llmca_data.cli import console
+from llmca_data.cli.output import console
 from llmca_data.cli.progress import progress_bar
 
 
@@ -43,12 +43,13 @@ def train_cmd(
     The bar shows the loss and the last periodic evaluation (return and normalised score);
     metrics.jsonl logs the training and held-out validation losses.
     """
-    from llmca_data.baselines.train import load_overrides, train
+    from llmca_data.baselines.train import train
+    from llmca_data.config import load_settings
 
     with progress_bar(f"train {algo}", "steps") as update:
         run_dir = train(
             algo, dataset, env, tier or None, out, reward=reward, steps=steps, seed=seed, device=device,
-            task_input=task_input, overrides=load_overrides(config), progress=update,
+            task_input=task_input, overrides=load_settings(config), progress=update,
         )  # fmt: skip
     console.print(f"trained {algo} on {env} ({reward} reward) → {run_dir}")
 

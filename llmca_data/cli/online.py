@@ -12,8 +12,9 @@ from pathlib import Path
 
 import typer
 
-from llmca_data.cli import console
+from llmca_data.cli.output import console
 from llmca_data.cli.progress import progress_bar
+from llmca_data.config import load_settings, merge_settings
 
 
 def train_online_cmd(
@@ -22,7 +23,7 @@ def train_online_cmd(
         "team", "--critic", help="team | uniform | counterfactual | shapley | llm-mca | llm-taca: each agent's reward."
     ),
     episodes: int = typer.Option(1000, "--episodes", min=1, help="Episodes to collect in total (raise it to extend)."),
-    seed: int = typer.Option(0, "--seed", help="Seeds the network, minibatches and the episodes' env seeds."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seeds the network, minibatches and the episodes' env seeds."),
     out: Path = typer.Option(..., "--out", help="Run directory; an existing one is resumed from its checkpoint."),
     critic_every: int = typer.Option(1, "--critic-every", min=1, help="Episodes the critic annotates per call."),
     eval_every: int = typer.Option(50, "--eval-every", min=1, help="Episodes between evaluations (curve rows)."),
@@ -31,13 +32,14 @@ def train_online_cmd(
         200, "--checkpoint-every", min=1, help="Episodes between checkpoints (and dataset commits)."
     ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda."),
+    horizon: int = typer.Option(1, "--horizon", min=1, help="counterfactual: steps compared (id counterfactual-hH)."),
     base_url: str = typer.Option("", "--base-url", help="LLM critics: OpenAI-compatible endpoint (default: embedded)."),
     model: str = typer.Option("", "--model", help="LLM critics: model name (required with --base-url)."),
     response_format: str = typer.Option(
         "grammar", "--response-format", help="LLM critics: grammar | json_object | json_schema | none."
     ),
     episodes_per_prompt: int = typer.Option(1, "--episodes-per-prompt", min=1, help="LLM critics: batch mode."),
-    max_window: int = typer.Option(30, "--max-window", min=1, help="LLM critics: most steps per request."),
+    max_window: int = typer.Option(30, "--max-window", min=2, help="LLM critics: most steps per request."),
     normalize_credits: bool = typer.Option(
         False, "--normalize-credits", help="Rescale each step's credits to sum to the team reward."
     ),
@@ -53,18 +55,17 @@ def train_online_cmd(
     (`llmca evaluate` reads it) and RUN/dataset, every episode with its credits in the dataset
     layout. Killed runs resume from their last checkpoint with the same command.
     """
-    import json
-
     from llmca_data.baselines.online import OnlineConfig, train_online
 
-    overrides = json.loads(config.read_text()) if config is not None else {}
-    cfg = OnlineConfig.from_dict({
+    llm = {"base_url": base_url, "model": model, "response_format": response_format,
+           "episodes_per_prompt": episodes_per_prompt, "max_window": max_window}  # fmt: skip
+    settings = {
         "env_id": env_id, "critic": critic, "episodes": episodes, "seed": seed, "critic_every": critic_every,
         "eval_every": eval_every, "eval_episodes": eval_episodes, "checkpoint_every": checkpoint_every,
-        "device": device, "base_url": base_url, "model": model, "response_format": response_format,
-        "episodes_per_prompt": episodes_per_prompt, "max_window": max_window,
-        "normalize_credits": normalize_credits, **overrides,
-    })  # fmt: skip
+        "device": device, "normalize_credits": normalize_credits,
+        "critic_options": {"horizon": horizon, "llm": llm},
+    }  # fmt: skip
+    cfg = OnlineConfig.from_dict(merge_settings(settings, load_settings(config)), strict=True, owner="train-online")
     with progress_bar(f"train-online {critic}", "episodes") as update:
         result = train_online(cfg, out, progress=update)
     seconds = result.seconds
@@ -92,7 +93,7 @@ def plot_cmd(
 
     One panel per env, x-axis in episodes; seeds are aligned on their shared evaluation points.
     """
-    from llmca_data.leaderboard.curves import aggregate, plot_curves
+    from llmca_data.baselines.curves import aggregate, plot_curves
 
     groups = aggregate(run_dirs, metric, reps)
     path = plot_curves(groups, out, metric)

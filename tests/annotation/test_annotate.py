@@ -15,12 +15,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llmca_data.annotation.annotate import annotate
-from llmca_data.annotation.critic import make_critic
+from llmca_data.annotation.annotate import annotate, plan_episodes
 from llmca_data.annotation.evaluate import critic_eval
 from llmca_data.annotation.imported import CreditFileError, ImportedCritic
+from llmca_data.annotation.registry import make_critic
 from llmca_data.collect import CollectConfig, collect
 from llmca_data.envs import CONTRACT_ENV_IDS
+from llmca_data.errors import DatasetNotFoundError
 from llmca_data.schema import from_fsl, fsl
 from llmca_data.shards import Manifest, read_shard, write_shard
 from llmca_data.validate import validate
@@ -176,3 +177,22 @@ def test_annotate_never_imports_torch(lbf_dataset: Path) -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_annotate_where_there_is_no_dataset_creates_nothing(tmp_path: Path) -> None:
+    missing, empty = tmp_path / "nowhere", tmp_path / "empty"
+    empty.mkdir()
+    for root in (missing, empty):
+        with pytest.raises(DatasetNotFoundError, match=f"no dataset at {root}.*llmca collect.*llmca download"):
+            annotate(root, make_critic("uniform"))
+        with pytest.raises(DatasetNotFoundError):
+            plan_episodes(root, "uniform")
+    assert not missing.exists() and list(empty.iterdir()) == []  # not even a lock file
+    credit_file = tmp_path / "credits.parquet"
+    pq.write_table(pa.table({"episode_id": [0], "t": [0], "credit": [[0.5, 0.5]]}), credit_file)
+    with pytest.raises(DatasetNotFoundError):
+        ImportedCritic("my-critic", credit_file).check_coverage(missing)
+    for command in ("annotate", "critic-eval"):
+        proc = subprocess.run([*CLI, command, str(missing), "--critic", "uniform"], capture_output=True, text=True)
+        assert proc.returncode != 0 and "no dataset at" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not missing.exists()

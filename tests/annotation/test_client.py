@@ -20,6 +20,7 @@ from llmca_data.annotation.llm.client import (
     LLMRequestError,
     parse_retry_after,
 )
+from llmca_data.annotation.llm.config import TransportConfig
 
 MESSAGES = [{"role": "system", "content": "You are a critic."}, {"role": "user", "content": "Rate the team."}]
 
@@ -28,7 +29,8 @@ def config(server: FakeOpenAI, **overrides: Any) -> ClientConfig:
     """A config with fast retries aimed at the fake server."""
     settings: dict[str, Any] = {"timeout_s": 5.0, "backoff_s": 0.01, "max_backoff_s": 0.05, "total_retry_s": 20.0}
     settings.update(overrides)
-    return ClientConfig(base_url=server.base_url, model="fake-model", **settings)
+    key_env = settings.pop("api_key_env", "OPENAI_API_KEY")
+    return ClientConfig(server.base_url, "fake-model", key_env, TransportConfig(**settings))
 
 
 def run(cfg: ClientConfig, make: Any) -> Any:
@@ -194,7 +196,8 @@ def test_unreachable_server_names_base_url() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cfg = ClientConfig(f"http://127.0.0.1:{port}/v1", "m", max_retries=1, backoff_s=0.01, timeout_s=2.0)
+    cfg = ClientConfig(f"http://127.0.0.1:{port}/v1", "m", transport=TransportConfig(max_retries=1, backoff_s=0.01,
+                                                                                     timeout_s=2.0))  # fmt: skip
     with pytest.raises(LLMRequestError, match=r"after 2 attempts.*connection error.*--base-url"):
         complete(cfg)
 
@@ -226,14 +229,14 @@ def test_api_key_read_from_env_never_serialised(fake_openai: FakeOpenAI, monkeyp
     dumped = json.dumps(cfg.to_dict())
     assert secret not in dumped and secret not in repr(cfg)
     assert cfg.to_dict()["api_key_env"] == "LLMCA_TEST_KEY"
-    assert ClientConfig(**cfg.to_dict()) == cfg
+    assert ClientConfig.from_dict(cfg.to_dict()) == cfg
 
 
 def test_config_rejects_bad_values() -> None:
     with pytest.raises(ValueError, match="concurrency"):
-        ClientConfig("http://x/v1", "m", concurrency=0)
+        ClientConfig("http://x/v1", "m", transport=TransportConfig(concurrency=0))
     with pytest.raises(ValueError, match="timeout_s"):
-        ClientConfig("http://x/v1", "m", timeout_s=0)
+        ClientConfig("http://x/v1", "m", transport=TransportConfig(timeout_s=0))
 
 
 def test_server_stops_promptly_with_a_hanging_request() -> None:

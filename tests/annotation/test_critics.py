@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from llmca_data.annotation.branch import Brancher, discounted_window_returns
-from llmca_data.annotation.critic import make_critic
+from llmca_data.annotation.registry import make_critic
 from llmca_data.annotation.shapley import efficient_credits, shapley_exact, shapley_sampled
 from llmca_data.envs import make_env
 from llmca_data.errors import UnknownCriticError

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from llmca_data.annotation.evaluate import credit_tallies, critic_eval
+from llmca_data.annotation.evaluate import credit_tallies, critic_eval, critic_eval_pairs
 from llmca_data.annotation.metrics import combine_tallies, score_credits
 from llmca_data.collect import CollectConfig, collect
-from llmca_data.errors import LlmcaError, UnknownCriticError, UnknownEnvError, UnknownTierError
-from llmca_data.layout import INFO_PATH
+from llmca_data.dataset import Dataset
+from llmca_data.errors import DatasetNotFoundError, LlmcaError, UnknownCriticError, UnknownEnvError, UnknownTierError
+from llmca_data.layout import INFO_PATH, ShardName
 from llmca_data.schema import from_fsl, fsl, to_fsl
 from llmca_data.shards import Manifest, write_json_atomic, write_shard
 
@@ -183,6 +185,31 @@ def test_tallies_of_separate_datasets_pool_like_their_concatenated_steps(dataset
     assert list(credit_tallies(dataset, "uniform", "shapley")) == [(ENV2, "expert"), (ENV2, "random"), (ENV3, "expert")]
 
 
-def test_empty_directory(tmp_path: Path) -> None:
-    assert critic_eval(tmp_path, "uniform", "shapley") == []
-    assert credit_tallies(tmp_path, "uniform", "shapley") == {}
+def test_no_dataset_is_an_error_that_creates_nothing(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    for root in (tmp_path, missing):  # an empty directory, and a path that does not exist
+        with pytest.raises(DatasetNotFoundError, match=f"no dataset at {root}.*llmca collect") as err:
+            critic_eval(root, "uniform", "shapley")
+        assert isinstance(err.value, LlmcaError) and isinstance(err.value, FileNotFoundError)
+        with pytest.raises(DatasetNotFoundError):
+            credit_tallies(root, "uniform", "shapley")
+    assert not missing.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_no_matching_shard_gives_no_rows(dataset: Path) -> None:
+    assert critic_eval(dataset, "uniform", "shapley", tiers=["medium"]) == []
+    assert credit_tallies(dataset, "uniform", "shapley", envs=[ENV3], tiers=["random"]) == {}
+
+
+def test_pairs_are_scored_from_one_read_of_each_shard(dataset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[str] = []
+    original = Dataset.read
+
+    def counting(self: Dataset, name: ShardName, columns: Sequence[str] | None = None) -> pa.Table:
+        reads.append(str(name))
+        return original(self, name, columns)
+
+    expected = {pair: critic_eval(dataset, *pair) for pair in [("uniform", "shapley"), ("shapley", "uniform")]}
+    monkeypatch.setattr(Dataset, "read", counting)
+    assert critic_eval_pairs(dataset, list(expected) * 2) == expected
+    assert sorted(reads) == sorted(str(n) for n in Manifest.load(dataset).shards(kind="steps"))

@@ -46,6 +46,7 @@ from llm_replies import nan_credit as nan_credit_reply
 from llmca_data.annotation.annotate import AnnotateResult, annotate
 from llmca_data.annotation.critic import STATUSES
 from llmca_data.annotation.llm.cache import ReplyCache
+from llmca_data.annotation.llm.config import TransportConfig
 from llmca_data.annotation.llm.critic import LLMConfig, LLMCritic, dry_run
 from llmca_data.annotation.llm.prompt import estimate_tokens, prompt_version
 from llmca_data.annotation.llm.reply import ReplyError, parse_reply
@@ -116,17 +117,11 @@ def serve(fake: FakeOpenAI, script: Script | None = None) -> Script:
 
 def llm_critic(fake: FakeOpenAI, cache: Path, **overrides: Any) -> LLMCritic:
     """An LLM critic aimed at ``fake`` with its own cache file and short timeouts."""
-    settings: dict[str, Any] = {
-        "base_url": fake.base_url,
-        "model": "fake-model",
-        "response_format": "json_object",
-        "max_retries": 1,
-        "timeout_s": 5.0,
-        "retry_backoff_s": 0.01,
-        "total_retry_s": 30.0,
-    }
-    settings.update(overrides)
-    return LLMCritic(LLMConfig(**settings), cache=ReplyCache(cache))
+    settings: dict[str, Any] = {"base_url": fake.base_url, "model": "fake-model", "response_format": "json_object"}
+    transport: dict[str, Any] = {"max_retries": 1, "timeout_s": 5.0, "backoff_s": 0.01, "total_retry_s": 30.0}
+    for key, value in overrides.items():
+        (transport if key in TransportConfig.field_names() else settings)[key] = value
+    return LLMCritic(LLMConfig(**settings, transport=TransportConfig(**transport)), cache=ReplyCache(cache))
 
 
 def run(root: Path, critic: LLMCritic, tiers: tuple[str, ...] = ("expert",), **kwargs: Any) -> AnnotateResult:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llmca_data.annotation.annotate import annotate
-from llmca_data.annotation.critic import make_critic
+from llmca_data.annotation.registry import make_critic
 
 CLI = [sys.executable, "-c", "from llmca_data.cli import main; main()"]
 

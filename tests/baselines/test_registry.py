@@ -17,9 +17,9 @@ from llmca_data.baselines.iql_cql import IQLCQLConfig, fit_iql_cql
 from llmca_data.baselines.policy import RUN_CONFIG, RUN_METRICS, RUN_WEIGHTS, load_policy
 from llmca_data.baselines.q_learning import DIVERGENCE_FACTOR, q_bound
 from llmca_data.baselines.registry import ALGORITHMS, OFFLINE_ALGOS, UnknownAlgorithmError, get_algorithm
-from llmca_data.baselines.train import load_overrides, make_config, train
+from llmca_data.baselines.train import make_config, train
 from llmca_data.baselines.training import GUARD_WARMUP
-from llmca_data.config import ConfigError
+from llmca_data.config import ConfigError, load_settings
 from llmca_data.loaders import OfflineDataset
 
 torch.set_num_threads(1)
@@ -131,12 +131,12 @@ def test_strict_configs_for_every_family() -> None:
 
 def test_config_files_are_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not JSON"):
-        load_overrides(_write(tmp_path / "a.json", "{steps: 1}"))
+        load_settings(_write(tmp_path / "a.json", "{steps: 1}"))
     with pytest.raises(ConfigError, match="one JSON object"):
-        load_overrides(_write(tmp_path / "b.json", "[1, 2]"))
+        load_settings(_write(tmp_path / "b.json", "[1, 2]"))
     with pytest.raises(ConfigError, match="cannot read"):
-        load_overrides(tmp_path / "missing.json")
-    assert load_overrides(_write(tmp_path / "c.json", '{"lr": 0.001}')) == {"lr": 0.001}
+        load_settings(tmp_path / "missing.json")
+    assert load_settings(_write(tmp_path / "c.json", '{"lr": 0.001}')) == {"lr": 0.001}
 
 
 def _write(path: Path, text: str) -> Path:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from llmca_data.annotation.annotate import annotate
-from llmca_data.annotation.critic import make_critic
+from llmca_data.annotation.registry import make_critic
 from llmca_data.build import BuildConfig, build, configs_yaml, render_card
 from llmca_data.schema import annotations_schema, episodes_schema, from_fsl, steps_schema
 from llmca_data.shards import Manifest, read_shard, sha256_file

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from llmca_data.annotation.annotate import annotate
-from llmca_data.annotation.critic import make_critic
+from llmca_data.annotation.registry import make_critic
 from llmca_data.build import build
 
 CLI = [sys.executable, "-c", "from llmca_data.cli import main; main()"]

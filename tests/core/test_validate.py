@@ -112,3 +112,35 @@ def test_episode_lengths_must_match_steps(lbf_dataset: Path) -> None:
 def test_malformed_manifest(lbf_dataset: Path, content: str) -> None:
     (lbf_dataset / "meta/manifest.json").write_text(content)
     assert_problem(lbf_dataset, "meta/manifest.json", "malformed manifest")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "[]",
+        json.dumps({"files": 3}),
+        json.dumps({"files": [{"path": STEPS, "rows": "100", "bytes": 1, "sha256": "0" * 64}]}),
+        json.dumps({"files": [{"path": STEPS, "rows": 1, "bytes": -1, "sha256": 7}]}),
+    ],
+)
+def test_manifest_of_the_wrong_shape(lbf_dataset: Path, content: str) -> None:
+    (lbf_dataset / "meta/manifest.json").write_text(content)
+    assert_problem(lbf_dataset, "meta/manifest.json", "malformed manifest")
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        ("{not json", "not JSON"),
+        ("[1, 2]", "malformed info"),
+        (json.dumps({"schema_version": 1, "envs": []}), "malformed info"),
+        (json.dumps({"schema_version": 1, "envs": {"lbf-8x8-2p-2f": {"spec": [1]}}}), "malformed info"),
+        (json.dumps({"schema_version": 1, "envs": {}, "critics": ["uniform"]}), "malformed info"),
+        (json.dumps({"schema_version": 1, "envs": {"lbf-8x8-2p-2f": {"spec": {"n_agents": 2}}}}), "malformed env spec"),
+    ],
+)
+def test_malformed_info_is_reported_never_raised(lbf_dataset: Path, content: str, pattern: str) -> None:
+    (lbf_dataset / "meta/info.json").write_text(content)
+    assert_problem(lbf_dataset, "meta/info.json", pattern)
+    proc = cli_validate(lbf_dataset)
+    assert "Traceback" not in proc.stderr and "llmca download" in proc.stderr, proc.stderr

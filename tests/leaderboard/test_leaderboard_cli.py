@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from llmca_data.cli.leaderboard import leaderboard_app
+from llmca_data.cli import leaderboard_app
 
 ENV = "lbf-8x8-2p-2f"
 SEED0 = f"checkpoints/{ENV}/expert/seed0.safetensors"

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from llmca_data.annotation.annotate import annotate
-from llmca_data.annotation.critic import make_critic
+from llmca_data.annotation.registry import make_critic
 from llmca_data.errors import (
     LlmcaError,
     SchemaVersionError,

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import typer
 from match_env import MatchEnv
 from typer.testing import CliRunner
 
+from llmca_data.baselines.curves import aggregate
 from llmca_data.baselines.evaluate import evaluate_run
 from llmca_data.baselines.online import OnlineConfig, train_online
+from llmca_data.cli import main
 from llmca_data.cli.online import plot_cmd, train_online_cmd
-from llmca_data.leaderboard.curves import aggregate
+from llmca_data.errors import LlmcaError
 
 app = typer.Typer()
 app.command("train-online")(train_online_cmd)
@@ -64,3 +67,32 @@ def test_plot_two_critics_two_seeds(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["plot", *runs, "--out", str(out), "--metric", "eval_return", "--reps", "200"])
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("case", ["offline run", "empty folder", "missing", "bad metric"])
+def test_plot_of_a_run_that_is_not_an_online_run_says_what_to_do(
+    tmp_path: Path, case: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "run"
+    if case == "offline run":  # what `llmca train` writes: a config, weights, metrics; no curve
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"algo": "bc", "env_id": "lbf-8x8-2p-2f-coop"}))
+        (run / "metrics.jsonl").write_text("{}\n")
+    elif case == "empty folder":
+        run.mkdir()
+    elif case == "bad metric":
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"env_id": "match-2a", "critic": "team"}))
+        (run / "curve.jsonl").write_text(json.dumps({"episodes": 2, "eval_return": 1.0, "eval_score": None}) + "\n")
+    out = tmp_path / "curves.png"
+    result = CliRunner().invoke(app, ["plot", str(run), "--out", str(out)])
+    assert isinstance(result.exception, LlmcaError), result.exception
+    expected = "--metric eval_return" if case == "bad metric" else "llmca train-online"
+    assert str(run) in str(result.exception) and expected in str(result.exception)
+
+    with pytest.raises(SystemExit) as exit_info:  # the console script: one line, no traceback
+        main(["plot", str(run), "--out", str(out)])
+    assert exit_info.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and expected in err
+    assert not out.exists()

@@ -14,7 +14,9 @@ from fake_openai import FakeOpenAI, responder, status
 from llm_replies import valid_reply_for
 from match_env import MatchEnv
 
-from llmca_data.annotation.critic import CriticOutput, make_critic
+from llmca_data.annotation.critic import CriticOutput
+from llmca_data.annotation.llm.config import LLMConfig, TransportConfig
+from llmca_data.annotation.registry import CriticOptions, make_critic
 from llmca_data.baselines.evaluate import EvalConfig, evaluate_policy
 from llmca_data.baselines.online import CURVE, OnlineConfig, train_online
 from llmca_data.baselines.online_io import RUN_DATASET
@@ -148,8 +150,10 @@ def test_normalize_credits_rescales_each_step_to_the_team_reward(tmp_path: Path)
 def llm_config(fake: FakeOpenAI, critic: str, **overrides: Any) -> OnlineConfig:
     settings: dict[str, Any] = {
         "critic": critic, "episodes": 4, "critic_every": 2, "eval_every": 2, "checkpoint_every": 2,
-        "base_url": fake.base_url, "model": "fake-model", "response_format": "json_object",
-        "episodes_per_prompt": 2, "max_window": 50, "llm_timeout_s": 5.0, "llm_max_retries": 0, **SMALL,
+        "critic_options": CriticOptions(llm=LLMConfig(
+            base_url=fake.base_url, model="fake-model", response_format="json_object", episodes_per_prompt=2,
+            max_window=50, transport=TransportConfig(timeout_s=5.0, max_retries=0),
+        )), **SMALL,
     }  # fmt: skip
     settings.update(overrides)
     return OnlineConfig(LBF, **settings)
@@ -173,7 +177,8 @@ def test_a_finished_llm_run_reruns_as_a_no_op(fake_openai: FakeOpenAI, tmp_path:
     config = llm_config(fake_openai, "llm-mca", learning_starts=10_000)
     train_online(config, tmp_path / "run")
     body = load_config(tmp_path / "run")
-    assert body["model"] == config.model and body["critic_model"] == "fake-model"  # the config as given
+    model = body["critic_options"]["llm"]["model"]
+    assert model == config.critic_options.llm.model and body["critic_model"] == "fake-model"  # the config as given
     sent = fake_openai.request_count
     train_online(config, tmp_path / "run")  # the same command again: accepted, nothing redone
     assert fake_openai.request_count == sent

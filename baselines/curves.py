@@ -1,4 +1,4 @@
-"""Learning curves of online runs, aggregated over seeds with rliable.
+"""Learning curves of online training runs (``baselines/online.py``), aggregated over seeds with rliable.
 
 Input: run directories of ``llmca train-online`` (``config.json`` + ``curve.jsonl``). Output:
 per (env, critic) group the IQM over seeds with a 95% stratified-bootstrap band at every
@@ -6,7 +6,10 @@ evaluation point (``rliable.library.get_interval_estimates`` with ``rliable.metr
 and a PNG with one panel per env, x-axis in episodes.
 
 Runs of one group are aligned on the evaluation points they all share (a shorter run cuts
-the group's curve); a group of one seed is drawn without a band.
+the group's curve); a group of one seed is drawn without a band. A directory that is not an
+online run, a metric the curves lack, or runs with no shared evaluation point raise ``RunError``
+(an ``LlmcaError``: ``llmca plot`` prints its message, no traceback). Needs the ``leaderboard``
+extra (rliable) to aggregate and matplotlib to draw; neither is imported before use.
 """
 
 from __future__ import annotations
@@ -17,8 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from llmca_data.extras import require
+
+from .policy import RUN_CONFIG, RunError
+
 CURVE_FILE = "curve.jsonl"
-CONFIG_FILE = "config.json"
+"""An online run's per-evaluation rows (``online.CURVE``, named here to keep torch out of plotting)."""
+CONFIG_FILE = RUN_CONFIG
 
 
 @dataclass(frozen=True)
@@ -40,23 +48,29 @@ def read_curve(run_dir: Path, metric: str = "eval_score") -> tuple[str, str, dic
     The critic label gets ``+norm`` when the run rescaled credits to the team reward.
 
     Raises:
-        FileNotFoundError: ``run_dir`` lacks ``config.json`` or ``curve.jsonl``.
-        ValueError: the metric is missing (e.g. ``eval_score`` of an env without reference returns).
+        RunError: ``run_dir`` is not an online run (no ``config.json`` naming an env and a critic, or
+            no ``curve.jsonl``), a file is not valid JSON, or the metric is missing (e.g.
+            ``eval_score`` of an env without reference returns).
     """
     config_path, curve_path = run_dir / CONFIG_FILE, run_dir / CURVE_FILE
+    hint = "pass run directories written by `llmca train-online` (offline runs of `llmca train` have no curve)"
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir} is not a directory; {hint}")
     for path in (config_path, curve_path):
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: is {run_dir} a run directory of `llmca train-online`?")
-    config = json.loads(config_path.read_text())
+            raise RunError(f"{run_dir} is not an online run: it has no {path.name}; {hint}")
+    try:
+        config = json.loads(config_path.read_text())
+        rows = [json.loads(line) for line in curve_path.read_text().splitlines() if line.strip()]
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{run_dir}: unreadable {config_path.name} or {curve_path.name} ({exc}); {hint}") from None
+    if not isinstance(config, dict) or "env_id" not in config or "critic" not in config:
+        raise RunError(f"{config_path} names no env_id and critic, so it is not an online run; {hint}")
     points: dict[int, float] = {}
-    for line in curve_path.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if row.get(metric) is None:
-                raise ValueError(
-                    f"{curve_path}: no {metric!r} at {row.get('episodes')} episodes; try --metric eval_return"
-                )
-            points[int(row["episodes"])] = float(row[metric])
+    for row in rows:
+        if row.get(metric) is None:
+            raise RunError(f"{curve_path}: no {metric!r} at {row.get('episodes')} episodes; try --metric eval_return")
+        points[int(row["episodes"])] = float(row[metric])
     label = str(config["critic"]) + ("+norm" if config.get("normalize_credits") else "")
     return str(config["env_id"]), label, points
 
@@ -90,14 +104,16 @@ def aggregate(run_dirs: list[Path], metric: str = "eval_score", reps: int = 2000
 
 def plot_curves(groups: list[CurveGroup], out: Path, metric: str = "eval_score") -> Path:
     """One panel per env, one line (IQM) and band (95% CI) per critic; writes ``out`` (PNG)."""
-    import matplotlib
-
+    matplotlib = require("matplotlib")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     envs = sorted({g.env_id for g in groups})
     if not envs:
-        raise ValueError("no curves to plot: the runs share no evaluation points")
+        raise RunError(
+            "no curves to plot: no group of runs shares an evaluation point "
+            "(a run stopped before its first evaluation has none); train longer or pass other runs"
+        )
     fig, axes = plt.subplots(1, len(envs), figsize=(5 * len(envs), 3.6), squeeze=False)
     label = {"eval_score": "normalised score (IQM)", "eval_return": "team return (IQM)"}.get(metric, metric)
     for ax, env_id in zip(axes[0], envs, strict=True):

@@ -1,0 +1,94 @@
+"""``LLMConfig``: every option of the LLM critics, declared once.
+
+Input: settings (CLI options, a recipe, an online run's config). Output: a frozen, validated
+config that ``LLMCritic`` turns into requests; it is saved with every annotation (``params``)
+and nested, not copied, in ``CriticOptions`` and ``OnlineConfig``. Importing this module
+imports no LLM client, so registries and recipe checks stay cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from llmca_data.config import ConfigError, JsonConfig, bounded
+
+RESPONSE_FORMATS = ("grammar", "json_object", "json_schema", "none")
+TEAM_REWARDS = ("true", "delayed", "noisy")
+LLM_CRITICS = ("llm-mca", "llm-taca")
+
+
+@dataclass(frozen=True)
+class TransportConfig(JsonConfig):
+    """How requests travel: timeouts, retries, concurrency and prices (declared once, nested in
+    ``LLMConfig`` and in the HTTP client's ``ClientConfig``)."""
+
+    timeout_s: float = bounded(300.0, 0.0, None, open_low=True)
+    """Seconds per HTTP attempt (the small local model on a busy 2-core machine can need minutes)."""
+    max_retries: int = bounded(4, 0, None)
+    """Retries after the first attempt (so at most ``max_retries + 1`` requests)."""
+    backoff_s: float = bounded(1.0, 0.0, None)
+    """First retry wait; the k-th retry waits ``min(max_backoff_s, backoff_s * 2**k)`` plus jitter
+    (``Retry-After`` wins when the server sends it)."""
+    max_backoff_s: float = bounded(30.0, 0.0, None)
+    """Cap on one wait, ``Retry-After`` included."""
+    total_retry_s: float = bounded(300.0, 0.0, None)
+    """Cap on the total time of one request with its retries; no wait may cross it."""
+    concurrency: int = bounded(1, 1, None)
+    """Requests in flight at once (1 for the local llama.cpp server)."""
+    price_in: float = bounded(0.0, 0.0, None)
+    """USD per 1M prompt tokens, for the cost estimate."""
+    price_out: float = bounded(0.0, 0.0, None)
+    """USD per 1M completion tokens, for the cost estimate."""
+
+    def cost_usd(self, tokens_in: int, tokens_out: int) -> float:
+        """The estimated cost of these tokens at the configured prices."""
+        return (tokens_in * self.price_in + tokens_out * self.price_out) / 1e6
+
+
+@dataclass(frozen=True)
+class LLMConfig(JsonConfig):
+    """Everything that determines the LLM critic's requests (saved with every annotation)."""
+
+    critic: str = "llm-mca"
+    """``llm-mca`` (credits) or ``llm-taca`` (credits and one task per agent per step); the
+    critic registry sets it from the critic id asked for."""
+    base_url: str = ""
+    """An OpenAI-compatible endpoint; empty starts the embedded llama.cpp server."""
+    model: str = ""
+    """The model name sent with requests; empty = the embedded server's alias."""
+    response_format: str = "grammar"
+    """grammar (llama.cpp GBNF), json_object (+schema, llama-cpp-python), json_schema (OpenAI), none."""
+    temperature: float = bounded(0.0, 0.0, 2.0)
+    max_tokens: int = bounded(0, 0, None)
+    """0 scales the budget with T × N."""
+    episodes_per_prompt: int = bounded(1, 1, None)
+    max_window: int = bounded(30, 2, None)
+    """Most timesteps in one request; longer episodes are split into windows."""
+    team_reward: str = "true"
+    """true, or a stress variant: delayed (all reward at the last step) or noisy (+ Gaussian noise)."""
+    noise_std: float = bounded(0.0, 0.0, None)
+    noise_seed: int = bounded(0, 0, None)
+    max_cost: float = bounded(0.0, 0.0, None)
+    """USD budget for this run (0 = unlimited); needs prices (``transport``) to mean anything."""
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    """Timeouts, retries, concurrency and prices of the requests."""
+    seed: int = bounded(0, 0, None)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.critic not in LLM_CRITICS:
+            raise ConfigError(f"the LLM critic must be one of {', '.join(LLM_CRITICS)}, got {self.critic!r}")
+        if self.response_format not in RESPONSE_FORMATS:
+            raise ConfigError(
+                f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}, got {self.response_format!r}"
+            )
+        if self.team_reward not in TEAM_REWARDS:
+            raise ConfigError(f"--team-reward must be one of {', '.join(TEAM_REWARDS)}, got {self.team_reward!r}")
+
+    @property
+    def critic_id(self) -> str:
+        return self.critic if self.team_reward == "true" else f"{self.critic}-{self.team_reward}"
+
+    @property
+    def with_tasks(self) -> bool:
+        return self.critic == "llm-taca"

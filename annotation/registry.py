@@ -1,0 +1,176 @@
+"""The critic registry: every critic id (reference, LLM and plugin) and how to build it.
+
+Input: a critic id and ``CriticOptions`` (one typed config holding every critic's options;
+the LLM options are the nested ``LLMConfig``). Output: a ``Critic`` (``make_critic``), or the
+checked id without building anything (``check_critic``, for recipes and configs).
+
+The CLI (`llmca annotate`), the pipeline and the online loop all ask this registry. Ids:
+
+- ``uniform``, ``shapley``, ``counterfactual`` (reference critics; ``counterfactual`` with
+  ``horizon`` H > 1 has the id ``counterfactual-hH``, which is also accepted as a name);
+- ``llm-mca``, ``llm-taca`` (the LLM critics; ``llm.team_reward`` delayed/noisy adds a suffix);
+- plugins: ``register_critic`` in code, or an entry point in the group ``llmca_data.critics``
+  whose object is a ``CriticEntry``.
+
+Example::
+
+    from llmca_data.annotation.registry import CriticOptions, make_critic
+
+    critic = make_critic("counterfactual", CriticOptions(horizon=5))   # critic.critic_id == "counterfactual-h5"
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from importlib.metadata import entry_points
+from typing import Literal
+
+from llmca_data.config import ConfigError, JsonConfig, bounded
+from llmca_data.errors import UnknownCriticError
+
+from .critic import Critic
+from .llm.config import LLMConfig
+
+ENTRY_POINT_GROUP = "llmca_data.critics"
+_HORIZON_ID = re.compile(r"counterfactual-h([1-9][0-9]*)")
+
+
+@dataclass(frozen=True)
+class CriticOptions(JsonConfig):
+    """The options of every critic; each critic reads only its own (saved in its ``params``)."""
+
+    horizon: int = bounded(1, 1, None)
+    """``counterfactual``: steps compared after the replaced action (id ``counterfactual-hH`` when > 1)."""
+    gamma: float = bounded(0.99, 0.0, 1.0)
+    """``counterfactual``: discount over the horizon."""
+    samples: int = bounded(256, 1, None)
+    """``shapley``: random agent orders when N > 4 (exact up to 4)."""
+    seed: int = bounded(0, 0, None)
+    """Seeds the sampled critics (Shapley orders, the LLM's sampling)."""
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    """``llm-mca`` / ``llm-taca``: endpoint, model, reply format, windows, retries, budget."""
+
+
+@dataclass(frozen=True)
+class CriticEntry:
+    """One registered critic: its id, what kind it is, and the function that builds it."""
+
+    critic_id: str
+    kind: Literal["reference", "llm", "plugin"]
+    summary: str
+    build: Callable[[str, CriticOptions], Critic]
+    """``build(critic_id, options)``; ``critic_id`` is the entry's id."""
+
+
+def _uniform(critic_id: str, options: CriticOptions) -> Critic:
+    from .uniform import UniformCritic
+
+    return UniformCritic()
+
+
+def _shapley(critic_id: str, options: CriticOptions) -> Critic:
+    from .shapley import ShapleyCritic
+
+    return ShapleyCritic(samples=options.samples, seed=options.seed)
+
+
+def _counterfactual(critic_id: str, options: CriticOptions) -> Critic:
+    from .counterfactual import CounterfactualCritic
+
+    return CounterfactualCritic(horizon=options.horizon, gamma=options.gamma)
+
+
+def _llm(critic_id: str, options: CriticOptions) -> Critic:
+    from .llm.critic import LLMCritic
+
+    return LLMCritic(replace(options.llm, critic=critic_id, seed=options.seed))
+
+
+_BUILTIN: tuple[CriticEntry, ...] = (
+    CriticEntry("uniform", "reference", "the team reward split equally between agents", _uniform),
+    CriticEntry("shapley", "reference", "one-step Shapley value of each agent's action (re-simulated)", _shapley),
+    CriticEntry(
+        "counterfactual",
+        "reference",
+        "team reward lost when one agent's action is replaced (re-simulated)",
+        _counterfactual,
+    ),
+    CriticEntry("llm-mca", "llm", "an LLM splits the team reward per agent and step (LLM-MCA)", _llm),
+    CriticEntry("llm-taca", "llm", "LLM-MCA plus one task per agent and step (LLM-TACA)", _llm),
+)
+_REGISTRY: dict[str, CriticEntry] = {e.critic_id: e for e in _BUILTIN}
+_plugins_loaded = False
+
+
+def register_critic(entry: CriticEntry, *, replace_existing: bool = False) -> None:
+    """Add a plugin critic (its column is ``credit_<id with - → _>``).
+
+    Raises:
+        ValueError: the id is taken (pass ``replace_existing=True`` to replace a plugin) or not
+            lower-case letters, digits and hyphens.
+    """
+    if not re.fullmatch(r"[a-z][a-z0-9-]*", entry.critic_id):
+        raise ConfigError(f"critic id {entry.critic_id!r}: use lower-case letters, digits and hyphens")
+    taken = _REGISTRY.get(entry.critic_id)
+    if taken is not None and (taken.kind != "plugin" or not replace_existing):
+        raise ConfigError(f"critic id {entry.critic_id!r} is already registered ({taken.kind}); choose another id")
+    _REGISTRY[entry.critic_id] = entry
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        entry = point.load()
+        if not isinstance(entry, CriticEntry):
+            raise ConfigError(f"entry point {point.value!r} ({ENTRY_POINT_GROUP}) must be a CriticEntry")
+        register_critic(entry, replace_existing=True)
+
+
+def critic_ids(kind: str | None = None) -> tuple[str, ...]:
+    """The registered ids (of one ``kind``: reference, llm, plugin), in registration order."""
+    _load_plugins()
+    return tuple(k for k, e in _REGISTRY.items() if kind is None or e.kind == kind)
+
+
+def resolve(critic_id: str, options: CriticOptions | None = None) -> tuple[CriticEntry, CriticOptions]:
+    """The entry of ``critic_id`` and the options it is built with (``counterfactual-hH`` sets the horizon).
+
+    Raises:
+        UnknownCriticError: the id is not registered (the message lists the ids).
+        ConfigError: ``counterfactual-hH`` with a different ``options.horizon``.
+    """
+    _load_plugins()
+    options = options if options is not None else CriticOptions()
+    match = _HORIZON_ID.fullmatch(critic_id)
+    if match is not None:
+        horizon = int(match.group(1))
+        if options.horizon not in (1, horizon):
+            raise ConfigError(f"critic {critic_id!r} has horizon {horizon}, but horizon={options.horizon} was given")
+        return _REGISTRY["counterfactual"], replace(options, horizon=horizon)
+    entry = _REGISTRY.get(critic_id)
+    if entry is None:
+        raise UnknownCriticError(
+            f"unknown critic {critic_id!r}: choose one of {', '.join(critic_ids())} (counterfactual with "
+            "--horizon H is counterfactual-hH); to import credits computed elsewhere use --from-file FILE "
+            "--critic-id NAME"
+        )
+    return entry, options
+
+
+def check_critic(critic_id: str, options: CriticOptions | None = None) -> str:
+    """The id the critic will write under, checked without starting anything (LLM critics are not built)."""
+    entry, resolved = resolve(critic_id, options)
+    if entry.kind == "llm":
+        return replace(resolved.llm, critic=entry.critic_id).critic_id
+    return entry.build(entry.critic_id, resolved).critic_id
+
+
+def make_critic(critic_id: str, options: CriticOptions | None = None) -> Critic:
+    """Build the critic ``critic_id`` with ``options`` (defaults: ``CriticOptions()``)."""
+    entry, resolved = resolve(critic_id, options)
+    return entry.build(entry.critic_id, resolved)
