@@ -30,6 +30,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from llmca_data.config import cap_workers
 from llmca_data.dataset import Dataset, EpisodeCredits, writing
 from llmca_data.envs import make_env
 from llmca_data.envs.base import EnvSpec
@@ -40,7 +41,7 @@ from llmca_data.rollout import Episode
 from llmca_data.schema import annotations_schema, credit_column, from_fsl
 from llmca_data.tables import tables_to_episodes
 
-from .critic import Critic, CriticOutput
+from .critic import Critic, CriticOutput, stored_output
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,6 @@ def annotate(
         info = ds.info()
         plan = _plan(ds, column, envs, tiers, force, limit)
         total = int(sum(w.todo.size for w in plan))
-        ds.record_critic(critic.critic_id, critic.params())
         done = failed = steps = env_steps = tokens_in = tokens_out = 0
         cost = 0.0
         shards: list[str] = []
@@ -119,7 +119,8 @@ def annotate(
             progress(0, total)
         ctx = multiprocessing.get_context("spawn")
         batched = hasattr(critic, "annotate_batch")
-        pool = ProcessPoolExecutor(workers, mp_context=ctx) if workers > 1 and not batched else None
+        workers = cap_workers(workers) if not batched else 1
+        pool = ProcessPoolExecutor(workers, mp_context=ctx) if workers > 1 else None
         try:
             for work in plan:
                 if work.todo.size == 0:
@@ -143,11 +144,13 @@ def annotate(
                         done += len(chunk)
                         if progress:
                             progress(done, total)
+                outputs = [stored_output(o, e.length, spec.n_agents) for e, o in zip(episodes, outputs, strict=True)]
                 credits = [
                     EpisodeCredits(e.episode_id, o.credits, o.tasks) for e, o in zip(episodes, outputs, strict=True)
                 ]
                 rows = annotation_rows(critic, episodes, outputs, spec)
                 ds.write_critic(work.shard, steps_table, critic.critic_id, spec.n_agents, credits, rows)
+                ds.record_critic(critic.critic_id, critic.params())
                 ds.commit()
                 shards.append(str(work.shard))
                 failed += sum(o.status == "failed" for o in outputs)

@@ -9,7 +9,8 @@ Critics are plugins: anything with ``critic_id``, ``needs_env``, ``params()`` an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,6 +45,52 @@ class CriticOutput:
     @classmethod
     def failed(cls, length: int, n_agents: int, error: str) -> CriticOutput:
         return cls(np.full((length, n_agents), np.nan, np.float32), status="failed", error=error)
+
+
+def stored_output(output: CriticOutput, length: int, n_agents: int) -> CriticOutput:
+    """``output`` as it may be stored for an episode of ``length`` steps: credits ``float32[T, N]``.
+
+    An ``ok`` (or ``repaired``) output whose credits have another shape, or are not finite once cast to float32
+    (``1e308`` becomes ``inf``), becomes ``failed`` with NaN credits and the reason; a ``failed``
+    output always gets NaN credits; an unknown status is a failure too. Negative or non-finite
+    token counts and costs are stored as 0 (they are reports of the server, not of the episode).
+    """
+
+    def usage(value: float) -> Any:
+        return value if isinstance(value, int | float) and math.isfinite(value) and value >= 0 else 0
+
+    output = replace(
+        output,
+        tokens_in=usage(output.tokens_in),
+        tokens_out=usage(output.tokens_out),
+        latency_s=usage(output.latency_s),
+        cost_usd=usage(output.cost_usd),
+    )
+    nan = np.full((length, n_agents), np.nan, np.float32)
+    credits = np.asarray(output.credits)
+    problem = ""
+    if output.status not in STATUSES:
+        problem = f"unknown status {output.status!r}"
+    elif output.status == "failed":
+        return replace(output, credits=nan)
+    elif credits.shape != (length, n_agents):
+        problem = f"credits of shape {credits.shape}, need ({length}, {n_agents})"
+    elif output.tasks is not None and np.shape(output.tasks) != (length, n_agents):
+        problem = f"tasks of shape {np.shape(output.tasks)}, need ({length}, {n_agents})"
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            stored = credits.astype(np.float32)  # [T, N]
+        bad = np.argwhere(~np.isfinite(stored))
+        if bad.size:
+            t, agent = bad[0].tolist()
+            problem = (
+                f"{len(bad)} credit(s) not finite as float32 (first: t={t}, agent={agent}, "
+                f"value {credits[t, agent]!r}); credits must be finite and within ±3.4e38"
+            )
+        else:
+            return replace(output, credits=stored)
+    error = f"{output.error}; {problem}" if output.error else problem
+    return replace(output, credits=nan, status="failed", error=error, tasks=None)
 
 
 class Critic(Protocol):

@@ -18,31 +18,55 @@ import pyarrow.parquet as pq
 
 from llmca_data.dataset import Dataset
 from llmca_data.envs.base import MultiAgentEnv
-from llmca_data.errors import LlmcaError
+from llmca_data.errors import LlmcaError, ShardError
 from llmca_data.rollout import Episode
+from llmca_data.shards import regular_file
 
 from .critic import CriticOutput
+from .registry import check_import_id
 
 
 class CreditFileError(LlmcaError, ValueError):
     """An import file that is unreadable, misshapen, or does not cover the dataset."""
 
 
+def _check_types(path: Path, table: pa.Table) -> None:
+    """Integer keys and lists of numbers without nulls; values that overflow float32 fail their
+    episode later (``stored_output``), so one bad episode does not refuse the file."""
+    for name in ("episode_id", "t"):
+        if not pa.types.is_integer(table.schema.field(name).type):
+            raise CreditFileError(
+                f"{path}: column {name} has type {table.schema.field(name).type}; it must be an integer type "
+                "(float ids are not rounded or truncated): cast it to int64"
+            )
+    credit = table.schema.field("credit").type
+    if not (pa.types.is_list(credit) or pa.types.is_large_list(credit) or pa.types.is_fixed_size_list(credit)) or not (
+        pa.types.is_floating(credit.value_type) or pa.types.is_integer(credit.value_type)
+    ):
+        raise CreditFileError(f"{path}: column credit has type {credit}; it must be a list of floats per row")
+    nulls = sum(table.column(name).null_count for name in ("episode_id", "t", "credit"))
+    nulls += pc.list_flatten(table.column("credit")).null_count
+    if nulls:
+        raise CreditFileError(
+            f"{path}: {nulls} null value(s) in episode_id, t or credit; write NaN for a credit you do not have "
+            "(its episode is then stored as failed)"
+        )
+
+
 class ImportedCritic:
     needs_env = False
 
     def __init__(self, critic_id: str, path: Path) -> None:
-        if not critic_id or any(c in critic_id for c in " /_") or critic_id != critic_id.lower():
-            raise CreditFileError(f"critic id {critic_id!r}: use lower-case words joined by '-', e.g. my-critic")
-        self.critic_id = critic_id
+        self.critic_id = check_import_id(critic_id)
         self.path = path
         try:
-            table = pq.read_table(path, columns=["episode_id", "t", "credit"])
-        except (OSError, pa.ArrowException, KeyError) as exc:
+            table = pq.read_table(regular_file(path), columns=["episode_id", "t", "credit"])
+        except (OSError, pa.ArrowException, KeyError, ShardError) as exc:
             raise CreditFileError(
                 f"{path}: cannot read columns episode_id, t, credit ({exc}); write a Parquet file with "
                 "episode_id (int), t (int) and credit (list of N floats per row)"
             ) from exc
+        _check_types(path, table)
         table = table.sort_by([("episode_id", "ascending"), ("t", "ascending")])
         self._ids = table.column("episode_id").to_numpy().astype(np.int64)  # [M]
         self._t = table.column("t").to_numpy().astype(np.int64)  # [M]
@@ -52,7 +76,8 @@ class ImportedCritic:
                 f"{path}: every credit list must have N entries; found lengths {sorted(set(lengths))}"
             )
         n = int(lengths[0]) if lengths.size else 0
-        flat = pc.list_flatten(table.column("credit")).to_numpy(zero_copy_only=False).astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32: inf, which fails its episode in stored_output
+            flat = pc.list_flatten(table.column("credit")).to_numpy(zero_copy_only=False).astype(np.float32)
         self._credits = flat.reshape(-1, n) if n else np.zeros((0, 0), np.float32)  # [M, N]
 
     def params(self) -> dict[str, Any]:

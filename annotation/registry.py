@@ -35,6 +35,10 @@ from .llm.config import LLMConfig
 
 ENTRY_POINT_GROUP = "llmca_data.critics"
 _HORIZON_ID = re.compile(r"counterfactual-h([1-9][0-9]*)")
+_SAFE_ID = re.compile(r"[a-z][a-z0-9]{0,31}(?:-[a-z0-9]{1,32}){0,7}")
+"""Every critic id: lower-case words of letters and digits joined by single hyphens (≤ 8 words)."""
+RESERVED_IDS = ("team", "env")
+"""Names of rewards that are not critics (``--critic team`` online, the env's own per-agent reward)."""
 
 
 @dataclass(frozen=True)
@@ -111,8 +115,8 @@ def register_critic(entry: CriticEntry, *, replace_existing: bool = False) -> No
         ValueError: the id is taken (pass ``replace_existing=True`` to replace a plugin) or not
             lower-case letters, digits and hyphens.
     """
-    if not re.fullmatch(r"[a-z][a-z0-9-]*", entry.critic_id):
-        raise ConfigError(f"critic id {entry.critic_id!r}: use lower-case letters, digits and hyphens")
+    if not _SAFE_ID.fullmatch(entry.critic_id):
+        raise ConfigError(f"critic id {entry.critic_id!r}: use lower-case words joined by '-', e.g. my-critic")
     taken = _REGISTRY.get(entry.critic_id)
     if taken is not None and (taken.kind != "plugin" or not replace_existing):
         raise ConfigError(f"critic id {entry.critic_id!r} is already registered ({taken.kind}); choose another id")
@@ -160,6 +164,31 @@ def resolve(critic_id: str, options: CriticOptions | None = None) -> tuple[Criti
             "--critic-id NAME"
         )
     return entry, options
+
+
+def check_import_id(critic_id: str) -> str:
+    """``critic_id`` checked as the id of credits imported from a file (``annotate --from-file``).
+
+    Raises:
+        ConfigError: the id is not lower-case words joined by '-', or it is (or could be taken
+            for) a registered critic: a built-in or plugin id, ``counterfactual-h<N>``, any
+            ``llm-*`` id, or a reserved name (``team``, ``env``).
+    """
+    if not isinstance(critic_id, str) or not _SAFE_ID.fullmatch(critic_id):
+        raise ConfigError(
+            f"critic id {critic_id!r}: use lower-case words of letters and digits joined by '-', e.g. my-critic"
+        )
+    if critic_id in critic_ids() or critic_id in RESERVED_IDS:
+        raise ConfigError(
+            f"critic id {critic_id!r} belongs to a registered critic or reward; imported credits need their own id "
+            f"(e.g. imported-{critic_id})"
+        )
+    if _HORIZON_ID.fullmatch(critic_id) or critic_id.startswith("llm-"):
+        raise ConfigError(
+            f"critic id {critic_id!r} falls in a built-in family (counterfactual-h<N>, llm-*); imported credits need "
+            "an id of their own, e.g. imported-mine"
+        )
+    return critic_id
 
 
 def check_critic(critic_id: str, options: CriticOptions | None = None) -> str:

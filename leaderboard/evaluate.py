@@ -10,9 +10,16 @@ schema versions, evaluation protocol and config, dataset identity, submission sh
 
 Every policy acts as its submission says (``act``: greedy, or sampled for the BC family).
 
+A results folder belongs to the submission that wrote it: its name is a slug of team and
+algorithm, so ``LLMCA``/``BC`` and ``llmca``/``bc`` share ``llmca-bc``. A submission whose
+folder already holds the result of another ``submission.json`` (another ``submission_sha256``)
+is refused, before and again after evaluation, and nothing is written; re-evaluating the same
+submission replaces its own result. ``results.json`` is strict JSON (no NaN or Infinity).
+
 Each policy is rebuilt from package code (``architectures.build_policy``) and its weights are
-read with ``safetensors`` only — never pickle — after every check passed. The env runs with
-its default kwargs (``env_kwargs={}``), exactly as ``evaluate_run`` does for our torch runs.
+read with ``safetensors`` only — never pickle — after every check passed, from bytes whose sha256
+equals the one validation recorded. The env runs with its default kwargs (``env_kwargs={}``),
+exactly as ``evaluate_run`` does for our torch runs.
 """
 
 from __future__ import annotations
@@ -32,9 +39,10 @@ from typing import Any
 from llmca_data import SCHEMA_VERSION, __version__
 from llmca_data.baselines.device import resolve_device
 from llmca_data.baselines.evaluate import PROTOCOL_VERSION, EvalConfig, as_act, evaluate_policy
+from llmca_data.errors import LlmcaError
 
 from .architectures import build_policy
-from .submission import SUBMISSION_FILE, DatasetIdentity
+from .submission import SUBMISSION_FILE, DatasetIdentity, Problem, Submission, SubmissionError, strict_json
 from .validate import CheckedSeed, validate_submission
 
 log = logging.getLogger(__name__)
@@ -49,6 +57,26 @@ COMPARED_METRICS: dict[str, float] = {"normalized_score": 100.0, "success_rate":
 
 Progress = Callable[[int, int], None]
 """``progress(done, total)`` over the seeds of the submission."""
+
+
+class ResultsError(LlmcaError, ValueError):
+    """A ``results.json`` that is not strict JSON or not shaped as ``evaluate_submission`` writes it."""
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """One ``results.json``: strict JSON (no NaN or Infinity) with ``submission`` and ``entries`` objects.
+
+    Raises:
+        ResultsError: it cannot be read, is not strict JSON, or lacks those objects.
+    """
+    fix = "re-run `llmca leaderboard evaluate` for its submission, or remove its folder"
+    try:
+        body = strict_json(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ResultsError(f"{path} is not a strict-JSON results file ({str(exc)[:160]}): {fix}") from exc
+    if not isinstance(body, dict) or not all(isinstance(body.get(k), dict) for k in ("submission", "entries")):
+        raise ResultsError(f"{path} lacks the 'submission' and 'entries' objects of a results file: {fix}")
+    return body
 
 
 @dataclass(frozen=True)
@@ -86,10 +114,15 @@ def disagreements(reported: dict[str, float | None], verified: dict[str, Any], t
 
 def evaluate_seed(seed: CheckedSeed, name: str, config: LeaderboardEvalConfig, act: str = "greedy") -> dict[str, Any]:
     """Load one checked checkpoint with safetensors, rebuild its policy and evaluate it acting as ``act``."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load
 
     entry = seed.entry
-    tensors = load_file(str(seed.path), device="cpu")
+    data = seed.path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != seed.sha256:
+        root = seed.path.parents[len(Path(entry.checkpoint).parts) - 1]
+        problem = Problem(entry.checkpoint, "changed after it was validated", "submit it again, unchanged")
+        raise SubmissionError(root, [problem])
+    tensors = load(data)
     policy = build_policy(entry.architecture, seed.spec, tensors, name, resolve_device(config.device))
     verified = evaluate_policy(policy, entry.env_id, {}, config.eval_config(act))
     flags = disagreements(entry.metrics, verified, config.tolerance)
@@ -97,7 +130,7 @@ def evaluate_seed(seed: CheckedSeed, name: str, config: LeaderboardEvalConfig, a
         log.warning("%s: %s", entry.where, flag)
     return {
         "checkpoint": entry.checkpoint,
-        "checkpoint_sha256": hashlib.sha256(seed.path.read_bytes()).hexdigest(),
+        "checkpoint_sha256": seed.sha256,
         "architecture": entry.architecture,
         "config": seed.spec.to_dict(),
         "verified": verified,
@@ -106,6 +139,26 @@ def evaluate_seed(seed: CheckedSeed, name: str, config: LeaderboardEvalConfig, a
         "diverged": entry.diverged,
         "flags": flags,
     }
+
+
+def claimed_by_another(sub: Submission, dest: Path) -> list[Problem]:
+    """A problem when ``dest`` (the results folder of ``sub``'s name) holds the result of another submission."""
+    path = dest / RESULTS_FILE
+    if not path.exists():
+        return []
+    try:
+        owner = read_results(path)["submission"].get("submission_sha256")
+    except ResultsError:
+        owner = None
+    if owner == sub.sha256:
+        return []
+    what = (
+        f"already holds the result of another submission (submission_sha256 {str(owner)[:16]}…), and "
+        f"team {sub.team!r} / algorithm {sub.algorithm!r} would replace it: both are named {sub.name!r}"
+    )
+    fix = (f"choose a team or algorithm name of your own; to replace your own earlier result, remove {dest} "
+           "first")  # fmt: skip
+    return [Problem(str(path), what, fix)]
 
 
 def evaluate_submission(
@@ -131,11 +184,15 @@ def evaluate_submission(
         The path of ``results.json``.
 
     Raises:
-        SubmissionError: the submission failed validation (nothing is written).
+        SubmissionError: the submission failed validation, or its results folder holds another
+            submission's result (nothing is written).
     """
     cfg = config or LeaderboardEvalConfig()
     checked = validate_submission(root, expected, check_dataset=check_dataset)
     sub = checked.submission
+    dest = Path(out) / sub.name
+    if problems := claimed_by_another(sub, dest):
+        raise SubmissionError(sub.root, problems)
     start = time.monotonic()
     entries: dict[str, dict[str, dict[str, Any]]] = {}
     for i, seed in enumerate(checked.seeds):
@@ -168,10 +225,16 @@ def evaluate_submission(
         },
         "entries": entries,
     }
-    dest = Path(out) / sub.name
+    try:
+        text = json.dumps(body, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except ValueError as exc:
+        raise SubmissionError(sub.root, [Problem(RESULTS_FILE, f"the verified results are not finite ({exc})",
+                                                 "check that the policy's outputs are finite")]) from exc  # fmt: skip
+    if problems := claimed_by_another(sub, dest):  # another evaluator may have written it meanwhile
+        raise SubmissionError(sub.root, problems)
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(sub.root / SUBMISSION_FILE, dest / SUBMISSION_FILE)
     tmp = dest / f".{RESULTS_FILE}.tmp"
-    tmp.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
+    tmp.write_text(text)
     os.replace(tmp, dest / RESULTS_FILE)
     return dest / RESULTS_FILE

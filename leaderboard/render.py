@@ -14,6 +14,10 @@ protocol v2), mean ± std over seeds, IQM and mean with their stratified-bootstr
 intervals, the probability of improvement over BC with its interval, seeds, and flags: how
 many self-reported numbers were far from the verified ones (they are never shown as results)
 and, when any, ``diverged k/n`` — seeds whose training self-reports Q divergence.
+
+Submitted text (submission name, team, algorithm, env and tier) is escaped in both outputs:
+``html.escape`` in the page, ``md_escape`` in the markdown, so a name cannot become a link, an
+image, HTML or emphasis there.
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ STATS_FILE = "statistics.json"
 PLOTS_DIR = "plots"
 COLUMNS = ("rank", "submission", "team", "algorithm", "act", "seeds", "mean ± std", "IQM [95% CI]",
            "mean [95% CI]", "P(> BC) [95% CI]", "flags")  # fmt: skip
+SUBMITTED = frozenset({"submission", "team", "algorithm"})
+"""Columns that hold text a submitter chose."""
+_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+_MD_KEPT = frozenset("-+")
+"""ASCII punctuation left as is: neither starts an inline construct inside a table cell."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,29 @@ def fmt(value: float) -> str:
 def fmt_interval(ci: tuple[float, float] | None) -> str:
     """A confidence interval as shown in every table: ``[lo, hi]``."""
     return "—" if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def md_escape(text: str) -> str:
+    """``text`` as literal characters in a markdown table cell (CommonMark / GitHub flavour).
+
+    ``&``, ``<`` and ``>`` become entities (no HTML); every other ASCII punctuation character but
+    ``-`` and ``+`` is backslash-escaped — links, images, emphasis, code, ``|`` and GitHub's
+    ``www.`` / ``https:`` autolinks all need one — except ``_`` inside a word, which cannot
+    delimit emphasis (``credit_shapley`` stays readable). Control characters become spaces.
+    """
+    out = []
+    for i, ch in enumerate(text):
+        punctuation = ch.isascii() and not ch.isalnum() and not ch.isspace() and ch not in _MD_KEPT
+        intraword = ch == "_" and 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum()
+        if ch in _MD_ENTITIES:
+            out.append(_MD_ENTITIES[ch])
+        elif not ch.isprintable():
+            out.append(" ")
+        elif punctuation and not intraword:
+            out.append("\\" + ch)
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def row_cells(rank: int, e: EntryStats) -> list[str]:
@@ -114,10 +146,12 @@ def markdown(tasks: list[TaskStats], config: StatsConfig) -> str:
              f"(rliable, {config.reps} reps); P(> BC) is the probability of improvement over `{config.baseline}`.",
              ""]  # fmt: skip
     for task in tasks:
-        lines += [f"## {task.env_id} · {task.tier} ({task.metric})", "",
+        lines += [f"## {md_escape(task.env_id)} · {md_escape(task.tier)} ({task.metric})", "",
                   "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]  # fmt: skip
-        lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row_cells(i + 1, e)) + " |"
-                  for i, e in enumerate(task.entries)]  # fmt: skip
+        for i, e in enumerate(task.entries):
+            cells = [md_escape(c) if column in SUBMITTED else c.replace("|", "\\|")
+                     for column, c in zip(COLUMNS, row_cells(i + 1, e), strict=True)]  # fmt: skip
+            lines.append("| " + " | ".join(cells) + " |")
         stem = plot_stem(task)
         lines += [
             "",

@@ -20,7 +20,7 @@ not depend on which other submissions are in the directory or on the caller's st
 from __future__ import annotations
 
 import contextlib
-import json
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +30,7 @@ import numpy as np
 
 from llmca_data.errors import LlmcaError
 
-from .evaluate import RESULTS_FILE
+from .evaluate import RESULTS_FILE, ResultsError, read_results
 
 
 class NoResultsError(LlmcaError, FileNotFoundError):
@@ -127,11 +127,24 @@ def interval_estimates(
 
 
 def load_results(results_dir: Path) -> list[dict[str, Any]]:
-    """Every ``<submission>/results.json`` under ``results_dir``, sorted by submission name."""
+    """Every ``<submission>/results.json`` under ``results_dir``, sorted by submission name.
+
+    Raises:
+        NoResultsError: there is none.
+        ResultsError: one is not strict JSON, or two carry the same submission name (one would
+            silently hide the other).
+    """
     paths = sorted(Path(results_dir).glob(f"*/{RESULTS_FILE}"))
     if not paths:
         raise NoResultsError(f"no */{RESULTS_FILE} under {results_dir}: run `llmca leaderboard evaluate` first")
-    return [json.loads(p.read_text()) for p in paths]
+    results = [read_results(p) for p in paths]
+    names = Counter(str(r["submission"].get("name")) for r in results)
+    if twice := sorted(name for name, count in names.items() if count > 1):
+        folders = [p.parent.name for p, r in zip(paths, results, strict=True)
+                   if str(r["submission"].get("name")) in twice]  # fmt: skip
+        raise ResultsError(f"{results_dir}: the results in {', '.join(folders)} share the submission name "
+                           f"{twice[0]!r}; keep one folder per submission (remove the copies)")  # fmt: skip
+    return results
 
 
 def task_scores(results: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[str, dict[str, np.ndarray]]]:

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from llmca_data import __version__
+from llmca_data.config import cap_workers
 from llmca_data.dataset import Dataset, DatasetWriter, renumber_episodes, writing
 from llmca_data.envs import MultiAgentEnv, make_env
 from llmca_data.envs.base import EnvSpec
@@ -156,7 +157,7 @@ def collect(root: Path, config: CollectConfig, progress: Progress | None = None)
                     progress(done, config.episodes)
         else:
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(config.workers, len(chunks)), mp_context=ctx) as pool:
+            with ProcessPoolExecutor(min(cap_workers(config.workers), len(chunks)), mp_context=ctx) as pool:
                 futures = {pool.submit(_play_chunk, str(root), job, config, c): len(c) for c in chunks}
                 for fut in as_completed(futures):
                     fut.result()

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import os
 import types
 import typing
 from dataclasses import field
@@ -36,6 +38,8 @@ from pathlib import Path
 from typing import Any, Literal, Self, TypeVar, Union
 
 from llmca_data.errors import LlmcaError
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -204,3 +208,16 @@ def merge_settings(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
         else:
             out[key] = value
     return out
+
+
+def cap_workers(requested: int) -> int:
+    """``requested`` worker processes, at most one per CPU this process may use (more only add
+    memory and start-up time); a larger request is capped with a logged warning."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    if requested > cpus:
+        log.warning("--workers %d capped at %d, the number of CPUs available", requested, cpus)
+        return cpus
+    return max(1, requested)

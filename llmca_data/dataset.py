@@ -49,7 +49,15 @@ from llmca_data.schema import (
     task_column,
     to_fsl,
 )
-from llmca_data.shards import MAX_SHARD_BYTES, Commit, DatasetLock, Manifest, read_shard, write_json_atomic
+from llmca_data.shards import (
+    MAX_SHARD_BYTES,
+    Commit,
+    DatasetLock,
+    Manifest,
+    read_shard,
+    regular_file,
+    write_json_atomic,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +136,7 @@ class Dataset:
         if name not in self._schemas:
             path = self.root / str(name)
             try:
-                self._schemas[name] = pq.read_schema(path)
+                self._schemas[name] = pq.read_schema(regular_file(path))
             except (OSError, pa.ArrowException) as exc:
                 raise ShardError(
                     f"{path}: unreadable or corrupt Parquet ({exc}); re-download or re-collect this shard "
@@ -220,8 +228,9 @@ class DatasetWriter(Dataset):
     """Stages shards of a dataset whose ``DatasetLock`` the caller holds (``writing`` takes it);
     ``commit`` makes everything staged since the last commit visible at once."""
 
-    def __init__(self, root: Path, manifest: Manifest | None = None) -> None:
-        super().__init__(root, manifest)
+    def __init__(self, lock: DatasetLock, manifest: Manifest | None = None) -> None:
+        super().__init__(lock.root, manifest)
+        self._lock = lock
         self._commit = Commit(self.root, self.manifest)
 
     def append_episodes(
@@ -324,7 +333,7 @@ class DatasetWriter(Dataset):
 
     def commit(self) -> None:
         """Make every staged file visible: journal, rename into place, manifest last."""
-        self._commit.apply()
+        self._commit.apply(self._lock.token)
         self._schemas.clear()
 
 
@@ -338,8 +347,8 @@ def writing(root: Path, create: bool = True) -> Iterator[DatasetWriter]:
     """
     if not create:
         require_dataset(root)
-    with DatasetLock(Path(root)):
-        yield DatasetWriter(Path(root))
+    with DatasetLock(Path(root)) as lock:
+        yield DatasetWriter(lock)
 
 
 def renumber_episodes(steps: pa.Table, episodes: pa.Table, first_id: int) -> tuple[pa.Table, pa.Table]:

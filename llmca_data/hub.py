@@ -1,9 +1,8 @@
-"""Publish a dataset directory to the Hugging Face Hub, and download a verified copy.
+"""Publish a dataset directory to the Hugging Face Hub (``download.py`` brings a verified copy back).
 
-Input: a local dataset directory (``publish``) or a Hub dataset repo id and revision
-(``download``). Output: one atomic Hub commit, tagged ``schema-v<SCHEMA_VERSION>`` on
-``main`` (``publish``), or a local directory in which every file of ``meta/manifest.json``
-matched its size and sha256 (``download``).
+Input: a local dataset directory. Output: one atomic Hub commit, tagged
+``schema-v<SCHEMA_VERSION>`` on ``main``; the Hub helpers (client, endpoint, error mapping)
+that ``download.py`` shares.
 
 What is published: every file listed in ``meta/manifest.json``, the manifest itself,
 ``meta/info.json`` and ``README.md`` when present; never the writer lock, ``.staging/``,
@@ -116,37 +115,25 @@ class PublishResult:
 
 
 @dataclass(frozen=True)
-class DownloadResult:
-    """A verified download: the commit it came from and every manifest file checked."""
-
-    repo_id: str
-    revision: str
-    commit_sha: str
-    path: Path
-    files: list[str]
-    bytes: int
-
-
-@dataclass(frozen=True)
 class _Remote:
     head: str | None
     files: Mapping[str, RepoFile]
     """path → file entry at ``head``."""
 
 
-def _hf_api(token: str | None) -> HfApi:
+def hf_api(token: str | None) -> HfApi:
     try:
         from huggingface_hub import HfApi
     except ImportError as exc:
         raise HubDependencyError(f"publishing and downloading need huggingface_hub: {INSTALL_HINT}") from exc
-    return HfApi(endpoint=_endpoint(), token=token if token is not None else (os.environ.get("HF_TOKEN") or None))
+    return HfApi(endpoint=endpoint(), token=token if token is not None else (os.environ.get("HF_TOKEN") or None))
 
 
 _NETWORK_MODULES = ("httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3")
 
 
 @contextmanager
-def _hub_errors(api: HfApi, repo_id: str) -> Iterator[None]:
+def hub_errors(api: HfApi, repo_id: str) -> Iterator[None]:
     """Run Hub calls for ``repo_id``; a bad repo id, an unreachable endpoint or an HTTP error
     becomes a ``HubError`` that names the endpoint and the fix (the specific errors callers
     handle, such as a missing repo, pass through)."""
@@ -174,7 +161,7 @@ def _hub_errors(api: HfApi, repo_id: str) -> Iterator[None]:
         raise
 
 
-def _endpoint() -> str | None:
+def endpoint() -> str | None:
     """``HF_ENDPOINT`` read now (huggingface_hub reads it only once, at import), else its default."""
     return os.environ.get("HF_ENDPOINT") or None
 
@@ -275,9 +262,9 @@ def publish(
             f"{root} does not validate, so it was not published ({len(report.problems)} problem(s)):\n"
             f"{listed}{more}\nFix them (`llmca validate {root}` shows the same list) and publish again."
         )
-    api = _hf_api(token)
+    api = hf_api(token)
     local = local_files(root)
-    with _hub_errors(api, repo_id):
+    with hub_errors(api, repo_id):
         return _publish(api, root, local, repo_id, revision, private, dry_run, message)
 
 
@@ -362,76 +349,3 @@ def _move_tag(api: HfApi, repo_id: str, tag: str | None, sha: str) -> None:
     if current is not None:
         api.delete_tag(repo_id, tag=tag, repo_type="dataset")
     api.create_tag(repo_id, tag=tag, revision=sha, repo_type="dataset", tag_message=f"llmca schema {SCHEMA_VERSION}")
-
-
-def download(
-    repo_id: str, out: Path | str, *, revision: str = DEFAULT_BRANCH, token: str | None = None
-) -> DownloadResult:
-    """Download ``repo_id`` at one commit into ``out`` and verify it against its manifest.
-
-    ``revision`` (branch, tag or sha) is first resolved to a commit sha, and every file is
-    downloaded at that sha, so a publish that lands meanwhile cannot mix two versions.
-
-    Args:
-        repo_id: The Hub dataset repo, ``"namespace/name"``.
-        out: Destination directory, created if missing; best empty. huggingface_hub keeps its
-            download bookkeeping in ``out/.cache/huggingface/`` and skips files it already fetched.
-        revision: Branch, tag or commit sha.
-        token: Hub token; defaults to ``HF_TOKEN``, then the saved login.
-
-    Returns:
-        The commit sha downloaded and every verified file with the total bytes.
-
-    Raises:
-        DownloadVerifyError: a file's size or sha256 differs from ``meta/manifest.json`` (every
-            such file is named and left in place), or the revision has no manifest.
-        HubError: the repo or the revision does not exist (or is private and no token was given).
-        HubDependencyError: huggingface_hub is not installed.
-    """
-    api = _hf_api(token)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
-
-    out = Path(out)
-
-    try:
-        with _hub_errors(api, repo_id):
-            sha = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
-    except RevisionNotFoundError as exc:
-        raise HubError(f"{repo_id} has no revision {revision!r}; check the branch, tag or sha") from exc
-    except RepositoryNotFoundError as exc:
-        raise HubError(
-            f"dataset repo {repo_id} not found at {api.endpoint}; check the id, or set HF_TOKEN if it is private"
-        ) from exc
-    if sha is None:
-        raise HubError(f"the Hub returned no commit sha for {repo_id}@{revision}; try again")
-    with _hub_errors(api, repo_id):
-        snapshot_download(repo_id, repo_type="dataset", revision=sha, local_dir=out, token=api.token,
-                          endpoint=_endpoint())  # fmt: skip
-    if not (out / MANIFEST_PATH).is_file():
-        raise DownloadVerifyError(
-            f"{repo_id}@{sha} has no {MANIFEST_PATH}, so nothing can be verified; this is not an llmca "
-            "dataset or it was published incompletely (publish it again with `llmca publish`)"
-        )
-    try:
-        manifest = Manifest.load(out)
-    except LlmcaError as exc:
-        raise DownloadVerifyError(f"{repo_id}@{sha}: {exc}") from exc
-    bad: list[str] = []
-    for path, entry in sorted(manifest.files.items()):
-        local = out / path
-        if not local.is_file():
-            bad.append(f"{path}: listed in the manifest but not in the repo")
-        elif (size := local.stat().st_size) != entry.bytes:
-            bad.append(f"{path}: {size} bytes, manifest says {entry.bytes}")
-        elif (digest := sha256_file(local)) != entry.sha256:
-            bad.append(f"{path}: sha256 {digest}, manifest says {entry.sha256}")
-    if bad:
-        raise DownloadVerifyError(
-            f"{len(bad)} file(s) of {repo_id}@{sha} in {out} do not match {MANIFEST_PATH} (left in place):\n"
-            + "\n".join(f"  {b}" for b in bad)
-            + "\nDownload again into an empty directory; if it persists, the published copy is damaged: "
-            "re-publish it from a valid dataset."
-        )
-    files = sorted(manifest.files)
-    return DownloadResult(repo_id, revision, sha, out, files, sum(e.bytes for e in manifest.files.values()))

@@ -12,6 +12,8 @@ import hashlib
 import json
 import logging
 import os
+import secrets
+import stat
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +25,15 @@ import pyarrow.parquet as pq
 
 from llmca_data import SCHEMA_VERSION, __version__
 from llmca_data.errors import DatasetLockedError, MetadataError, ShardError
-from llmca_data.layout import LOCK_NAME, MANIFEST_PATH, PENDING_PATH, TRASH_DIR, ShardName, data_files
+from llmca_data.layout import (
+    LOCK_NAME,
+    MANIFEST_PATH,
+    PENDING_PATH,
+    TRASH_DIR,
+    ShardName,
+    data_files,
+    is_manifest_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +52,31 @@ class FileEntry:
     sha256: str
 
 
+def regular_file(path: Path) -> Path:
+    """``path`` itself, after checking it is a regular file and not a link (nothing else is opened).
+
+    A FIFO would block a reader forever, a device never ends, and a link can point outside the
+    dataset, so a dataset file that is any of these is refused before it is opened.
+
+    Raises:
+        ShardError: ``path`` is a FIFO, socket, device, directory or symbolic link.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return path  # the caller's open reports the missing file
+    if not stat.S_ISREG(mode):
+        kind = "symbolic link" if stat.S_ISLNK(mode) else "FIFO, socket, device or directory"
+        raise ShardError(
+            f"{path}: is a {kind}, not a regular file, so it was not opened; replace it with the real file "
+            "(re-download or re-collect the dataset)"
+        )
+    return path
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with regular_file(path).open("rb") as f:
         while chunk := f.read(1 << 22):
             h.update(chunk)
     return h.hexdigest()
@@ -121,11 +153,19 @@ class Commit:
         self.entries.append(entry)
         return entry
 
-    def apply(self) -> None:
+    def adopt(self, src: Path, entry: FileEntry) -> None:
+        """Stage the finished file ``src`` (moved, same filesystem) as ``entry``; ``apply`` checks its sha256."""
+        staged = _pending_name(self.root / entry.path)
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, staged)
+        self.entries.append(entry)
+
+    def apply(self, token: str) -> None:
+        """Journal, rename and save the manifest; ``token`` is the holder's ``DatasetLock.token``."""
         if not self.entries:
             return
-        write_json_atomic(self.root / PENDING_PATH, {"files": [asdict(e) for e in self.entries]})
-        roll_forward(self.root, self.manifest)
+        write_json_atomic(self.root / PENDING_PATH, {"files": [asdict(e) for e in self.entries], "token": token})
+        roll_forward(self.root, self.manifest, token)
         self.entries = []
 
 
@@ -133,19 +173,62 @@ def _pending_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.pending")
 
 
-def roll_forward(root: Path, manifest: Manifest) -> None:
-    """Finish the commit journaled in ``meta/pending.json``, if any (idempotent)."""
+def _journal_problem(root: Path, raw: Any, token: str) -> str | None:
+    """Why the journal ``raw`` must not be applied, or None when every staged file checks out."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("files"), list):
+        return "it is not a journal of this package"
+    if not token or raw.get("token") != token:
+        return "no writer of this dataset wrote it (its token does not match the last writer's lock)"
+    for item in raw["files"]:
+        try:
+            entry = FileEntry(**item)
+        except TypeError:
+            return f"entry {item!r} is malformed"
+        if not (_well_typed(entry) and is_manifest_path(entry.path)):
+            return f"entry {entry.path!r} is not a dataset file path"
+        staged, target = _pending_name(root / entry.path), root / entry.path
+        done = staged if staged.exists() else target
+        if not done.exists() or sha256_file(done) != entry.sha256:
+            return f"the staged content of {entry.path} does not have the journaled sha256"
+    return None
+
+
+def roll_forward(root: Path, manifest: Manifest, token: str) -> None:
+    """Finish the commit journaled in ``meta/pending.json``, if any (idempotent).
+
+    The journal is applied only when the writer that wrote it held the lock last (``token``)
+    and every staged file has the journaled path and sha256; otherwise nothing is renamed, the
+    journal is moved to ``.trash/`` with a warning, and ``DatasetLock`` removes its staged files.
+    """
     journal = root / PENDING_PATH
     if not journal.exists():
         return
-    entries = [FileEntry(**f) for f in json.loads(journal.read_text())["files"]]
-    for entry in entries:
+    problem: str | None
+    try:
+        raw = json.loads(regular_file(journal).read_text())
+    except (OSError, ValueError, ShardError) as exc:
+        raw, problem = None, f"it is unreadable ({exc})"
+    else:
+        problem = _journal_problem(root, raw, token)
+    if problem is not None:
+        _set_aside_journal(root, problem)
+        return
+    for item in raw["files"]:
+        entry = FileEntry(**item)
         staged = _pending_name(root / entry.path)
         if staged.exists():
             os.replace(staged, root / entry.path)
         manifest.files[entry.path] = entry
     manifest.save(root)
     journal.unlink()
+
+
+def _set_aside_journal(root: Path, problem: str) -> None:
+    dest = root / TRASH_DIR / f"journal-{int(time.time())}"
+    dest.mkdir(parents=True, exist_ok=True)
+    os.replace(root / PENDING_PATH, dest / "pending.json")
+    log.warning("did not apply %s: %s; moved it to %s (the committed dataset is unchanged)",
+                PENDING_PATH, problem, dest)  # fmt: skip
 
 
 def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
@@ -155,7 +238,7 @@ def read_shard(path: Path, columns: list[str] | None = None) -> pa.Table:
         ShardError: the file is truncated, corrupt, or not Parquet; the message names the file.
     """
     try:
-        return pq.ParquetFile(path, page_checksum_verification=True).read(columns=columns)
+        return pq.ParquetFile(regular_file(path), page_checksum_verification=True).read(columns=columns)
     except (OSError, pa.ArrowException) as exc:
         raise ShardError(
             f"{path}: unreadable or corrupt Parquet ({exc}); re-download or re-collect this shard "
@@ -180,11 +263,17 @@ class Manifest:
         if not path.exists():
             return cls()
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(regular_file(path).read_text())
             files = {f["path"]: FileEntry(**f) for f in raw["files"]}
             bad = [e for e in files.values() if not _well_typed(e)]
             if bad:
                 raise ValueError(f"entry {asdict(bad[0])} needs a str path and sha256, and int rows and bytes")
+            outside = [p for p in files if not is_manifest_path(p)]
+            if outside:
+                raise ValueError(
+                    f"entry {outside[0]!r} is not a dataset file path (only data/<env>/<kind>/<tier>-NNNNN.parquet, "
+                    "README.md and meta/return_hist_<env>.png may be listed; never absolute, '..' or hidden paths)"
+                )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise MetadataError(f"{path}: malformed manifest ({exc}); restore it from the Hub or re-collect") from exc
         return cls(files)
@@ -214,6 +303,12 @@ class Manifest:
         return names[-1].index + 1 if names else 0
 
 
+def lock_holder(content: bytes) -> str:
+    """The pid recorded in a lock file's ``content`` (digits only), or ``"unknown"``."""
+    words = content.decode(errors="replace").split()
+    return words[0] if words and words[0].isdigit() else "unknown"
+
+
 class DatasetLock:
     """Exclusive writer lock on a dataset directory (``fcntl.flock``; released if the process dies).
 
@@ -224,25 +319,29 @@ class DatasetLock:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.token = secrets.token_hex(16)
+        """This holder's random token: the lock file holds ``<pid> <token>`` and every journal it
+        writes carries it, so recovery applies only journals written by the last holder."""
         self._fd: int | None = None
 
     def __enter__(self) -> DatasetLock:
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            holder = lock_holder(os.pread(fd, 128, 0))
             os.close(fd)
             raise DatasetLockedError(
                 f"{self.root} is being written by another process (pid {holder}); wait for it to finish "
                 "or stop it — the lock is released automatically when that process exits"
             ) from None
+        previous = os.pread(fd, 128, 0).decode(errors="replace").split()
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, f"{os.getpid()} {self.token}".encode(), 0)
         self._fd = fd
-        self._recover()
+        self._recover(previous[1] if len(previous) == 2 else "")
         return self
 
     def __exit__(
@@ -253,11 +352,11 @@ class DatasetLock:
             os.close(self._fd)
             self._fd = None
 
-    def _recover(self) -> None:
+    def _recover(self, last_token: str) -> None:
         manifest = Manifest.load(self.root)
         if (self.root / PENDING_PATH).exists():
             log.warning("finishing a commit that an interrupted writer journaled in %s", PENDING_PATH)
-            roll_forward(self.root, manifest)
+            roll_forward(self.root, manifest, last_token)
         for rel in data_files(self.root):
             name = Path(rel).name
             if name.startswith(".") and (".tmp-" in name or name.endswith(".pending")):

@@ -8,11 +8,15 @@ every Parquet page checksum verifies, each shard has the schema its env's spec i
 steps are sorted by (episode_id, t) with t = 0, 1, ... within an episode, only an episode's
 last step ends it and never with both ``terminated`` and ``truncated``, ``reward_team`` is
 the sum of ``reward_env``, Shapley credits sum to ``reward_team`` where present, and the
-episodes table agrees with the steps (same ids, lengths, returns).
+episodes table agrees with the steps (same ids, lengths, returns), and each critic's credits
+agree with its annotations (``ok``/``repaired`` ⇒ finite, ``failed`` ⇒ NaN). Only regular files are opened;
+while a writer holds the lock the check reports the write in progress instead.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,17 +30,19 @@ from llmca_data.dataset import Dataset
 from llmca_data.envs.base import EnvSpec
 from llmca_data.errors import LlmcaError, ShardError
 from llmca_data.info import load_info, spec_from_info
-from llmca_data.layout import INFO_PATH, MANIFEST_PATH, PENDING_PATH, ShardName, data_files, is_build_file
+from llmca_data.layout import INFO_PATH, LOCK_NAME, MANIFEST_PATH, PENDING_PATH, ShardName, data_files, is_build_file
 from llmca_data.schema import (
     ANNOTATION_STATUSES,
+    CREDIT,
     annotations_schema,
     credit_column,
+    critic_column_kind,
     episodes_schema,
     from_fsl,
     schema_mismatch,
     steps_schema,
 )
-from llmca_data.shards import Manifest, sha256_file
+from llmca_data.shards import Manifest, lock_holder, regular_file, sha256_file
 
 SCHEMAS = {"steps": steps_schema, "episodes": episodes_schema, "annotations": annotations_schema}
 SHAPLEY = credit_column("shapley")
@@ -71,6 +77,14 @@ def validate(root: Path, progress: Callable[[int, int], None] | None = None) -> 
     """Validate the dataset at ``root``; never raises for bad data (malformed metadata included), only reports it."""
     started = time.perf_counter()
     report = ValidationReport()
+    writer = _writer_pid(root)
+    if writer is not None:
+        report.add(
+            LOCK_NAME,
+            f"a write is in progress (pid {writer} holds the writer lock), so the files may change under the "
+            "check; validate again when it finishes",
+        )
+        return report
     try:
         manifest = Manifest.load(root)
     except LlmcaError as exc:
@@ -118,11 +132,26 @@ def validate(root: Path, progress: Callable[[int, int], None] | None = None) -> 
     return report
 
 
+def _writer_pid(root: Path) -> str | None:
+    """The pid of the process holding ``root``'s writer lock, or None (the lock is never created here)."""
+    try:
+        fd = os.open(regular_file(root / LOCK_NAME), os.O_RDONLY | os.O_NOFOLLOW)
+    except (OSError, ShardError):
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return lock_holder(os.pread(fd, 128, 0))
+    finally:
+        os.close(fd)  # closing releases a shared lock taken here
+    return None
+
+
 def _check_build_file(root: Path, rel: str, manifest: Manifest, report: ValidationReport) -> None:
     """The card and plots of ``llmca build``: present, with the manifest's size and sha256."""
     path = root / rel
-    if not path.is_file():
-        report.add(rel, "listed in the manifest but missing on disk; run `llmca build` to write it again")
+    if not path.is_file() or path.is_symlink():
+        report.add(rel, "listed in the manifest but missing on disk (or not a regular file); run `llmca build`")
         return
     report.files += 1
     report.bytes += path.stat().st_size
@@ -135,7 +164,11 @@ def _check_hash(root: Path, rel: str, manifest: Manifest, report: ValidationRepo
     """A committed shard has the manifest's size and sha256."""
     path = root / rel
     entry = manifest.files[rel]
-    size = path.stat().st_size
+    try:
+        size = regular_file(path).stat().st_size
+    except ShardError as exc:
+        report.add(rel, str(exc).removeprefix(f"{path}: "))
+        return
     report.files += 1
     report.bytes += size
     if size != entry.bytes:
@@ -153,6 +186,8 @@ class _ShardChecks:
         self.steps: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}  # (episode_id, t) per shard
         self.episodes: dict[tuple[str, str], list[tuple[np.ndarray, np.ndarray]]] = {}  # (episode_id, length)
         self.specs: dict[str, EnvSpec | None] = {}  # None: malformed in meta/info.json (reported once)
+        self.statuses: dict[tuple[str, str], dict[tuple[str, int], str]] = {}  # (credit column, episode) → status
+        self.credits: dict[tuple[str, str], list[dict[str, _EpisodeCredits]]] = {}
 
     def columns(self, name: ShardName, schema: pa.Schema) -> None:
         return None  # every column: the schema and the invariants are checked
@@ -162,6 +197,9 @@ class _ShardChecks:
         report.rows += table.num_rows
         if table.num_rows != self.manifest.files[rel].rows:
             report.add(rel, f"{table.num_rows} rows, manifest says {self.manifest.files[rel].rows}")
+        if table.num_rows == 0:
+            report.add(rel, "empty shard (0 rows); writers never commit one: re-collect or re-download the dataset")
+            return
         env = self.info.get("envs", {}).get(name.env_id)
         if env is None:
             report.add(rel, f"env {name.env_id} is not described in {INFO_PATH}")
@@ -180,16 +218,64 @@ class _ShardChecks:
         key = (name.env_id, name.tier)
         if name.kind == "annotations":
             _check_annotations(rel, table, report)
+            keys = zip(*(table.column(c).to_pylist() for c in ("episode_id", "critic", "status")), strict=True)
+            statuses = self.statuses.setdefault(key, {})
+            for episode_id, critic, status in keys:
+                statuses[(credit_column(critic), episode_id)] = status
         elif name.kind == "episodes":
             parts = (table.column("episode_id").to_numpy(), table.column("length").to_numpy())
             self.episodes.setdefault(key, []).append(parts)
         else:
             _check_step_rows(rel, table, report)
+            self.credits.setdefault(key, []).append(_credit_states(table, spec.n_agents))
             self.steps.setdefault(key, []).append((table.column("episode_id").to_numpy(), table.column("t").to_numpy()))
 
     def finish(self) -> None:
         for (env_id, tier), parts in sorted(self.steps.items()):
             _check_episodes(env_id, tier, parts, self.episodes.get((env_id, tier), []), self.report)
+        for key, shards in sorted(self.credits.items()):
+            _check_credit_status(key, shards, self.statuses.get(key, {}), self.report)
+
+
+_EpisodeCredits = tuple[np.ndarray, np.ndarray, np.ndarray]
+"""Per episode of a shard: ids [E], whether every credit is finite [E], whether every credit is NaN [E]."""
+
+
+def _credit_states(table: pa.Table, n_agents: int) -> dict[str, _EpisodeCredits]:
+    """Each credit column of a steps shard (sorted by episode) reduced to per-episode states."""
+    ids = table.column("episode_id").to_numpy()
+    starts = np.flatnonzero(np.append(True, ids[1:] != ids[:-1]))
+    out = {}
+    for column in table.column_names:
+        if critic_column_kind(column) is CREDIT:
+            values = from_fsl(table.column(column), (n_agents,))  # [M, N]
+            finite, nan = np.isfinite(values).all(axis=1), np.isnan(values).all(axis=1)  # [M]
+            out[column] = (ids[starts], np.logical_and.reduceat(finite, starts), np.logical_and.reduceat(nan, starts))
+    return out
+
+
+def _check_credit_status(
+    key: tuple[str, str],
+    shards: list[dict[str, _EpisodeCredits]],
+    statuses: dict[tuple[str, int], str],
+    report: ValidationReport,
+) -> None:
+    """An episode annotated ``ok`` or ``repaired`` has finite credits; one annotated ``failed`` has NaN."""
+    where = f"data/{key[0]}/steps/{key[1]}-*"
+    bad: dict[tuple[str, str], list[int]] = {}
+    for states in shards:
+        for column, (ids, finite, nan) in states.items():
+            for episode_id, all_finite, all_nan in zip(ids.tolist(), finite.tolist(), nan.tolist(), strict=True):
+                status = statuses.get((column, episode_id))
+                if (status in ("ok", "repaired") and not all_finite) or (status == "failed" and not all_nan):
+                    bad.setdefault((column, status), []).append(episode_id)
+    for (column, status), episode_ids in sorted(bad.items()):
+        must = "NaN" if status == "failed" else "finite"
+        report.add(
+            where,
+            f"{column}: {len(episode_ids)} episode(s) annotated {status!r} have credits that are not all {must} "
+            f"(episodes {episode_ids[:5]}); re-annotate them with `llmca annotate --force`",
+        )
 
 
 def _check_schema(rel: str, table: pa.Table, spec: EnvSpec, kind: str, report: ValidationReport) -> bool:
@@ -242,6 +328,8 @@ def _check_episodes(
     """Across the steps shards of one (env, tier): sort order, t, and agreement with the episodes table."""
     where = f"data/{env_id}/steps/{tier}-*"
     ids, t = np.concatenate([i for i, _ in steps]), np.concatenate([t for _, t in steps])
+    if ids.size == 0:
+        return
     new_ep = np.append(True, ids[1:] != ids[:-1])
     if np.any(np.diff(ids) < 0) or len(np.unique(ids)) != int(new_ep.sum()):
         report.add(where, "steps are not sorted by episode_id (an episode's rows must be contiguous and ordered)")

@@ -1,7 +1,7 @@
 """Training views of a built dataset: polars frames, torch tensors and d3rlpy datasets.
 
 Input: a dataset directory, or a Hub repo id such as ``llmca/annotated`` (used when no such
-path exists: downloaded with ``llmca_data.hub.download`` into ``$LLMCA_CACHE_DIR/hub`` or the
+path exists: downloaded with ``llmca_data.download.download`` into ``$LLMCA_CACHE_DIR/hub`` or the
 user cache, pinned to ``revision``), one env id and some of its tiers. Output: polars frames
 of the committed shards, dicts of torch tensors (transitions ``[M, N, ...]`` or fixed-length
 sequences ``[B, T, N, ...]``) and per-agent d3rlpy ``MDPDataset``s (independent learners).
@@ -62,7 +62,7 @@ from llmca_data.extras import require
 from llmca_data.info import load_info, spec_from_info
 from llmca_data.layout import is_repo_id
 from llmca_data.schema import TASK, credit_column, critic_column_kind, task_column
-from llmca_data.shards import read_shard
+from llmca_data.shards import read_shard, regular_file
 
 from .arrays import ShardRef, normalize_credits, read_columns
 
@@ -90,10 +90,10 @@ def resolve_root(path_or_repo_id: str | os.PathLike[str], revision: str | None =
     if not is_repo_id(text):
         raise LoaderError(f"no dataset at {text}: give a dataset directory or a Hub repo id such as llmca/annotated")
     try:
-        hub = importlib.import_module("llmca_data.hub")
+        hub = importlib.import_module("llmca_data.download")
     except ImportError as exc:
         raise MissingExtraError(
-            f"{text} is not a local directory, and downloading Hub repos needs llmca_data.hub, which cannot be "
+            f"{text} is not a local directory, and downloading Hub repos needs llmca_data.download, which cannot be "
             f'imported ({exc}); install `pip install "llmca-data[hub]"` or pass a dataset directory'
         ) from exc
     base = Path(os.environ["LLMCA_CACHE_DIR"]) if os.environ.get("LLMCA_CACHE_DIR") else _user_cache()
@@ -214,7 +214,7 @@ class OfflineDataset:
         (``.to_numpy()`` gives ``[M, N, ...]``). A credit column absent from some shards (a tier not
         annotated by that critic) is null there.
         """
-        scan = pl.concat([pl.scan_parquet(s.path) for s in self._steps], how="diagonal_relaxed")
+        scan = pl.concat([pl.scan_parquet(regular_file(s.path)) for s in self._steps], how="diagonal_relaxed")
         if columns is not None:
             names = {c for s in self._steps for c in s.columns}
             unknown = [c for c in columns if c not in names]

@@ -13,7 +13,8 @@ header with optional ``parentCommit`` → 412 when the branch moved; ``file`` ba
 ``deletedFile``, ``deletedFolder``), ``GET /api/{t}s/{repo}[/revision/{rev}]`` (``sha``,
 ``siblings``), ``GET /api/{t}s/{repo}/tree/{rev}[/{path}]`` (``recursive``; 404 with
 ``X-Error-Code: EntryNotFound``), ``POST /api/{t}s/{repo}/paths-info/{rev}``,
-``GET /api/{t}s/{repo}/refs``, ``POST``/``DELETE`` ``/api/{t}s/{repo}/tag/...``,
+``GET /api/{t}s/{repo}/refs``, ``GET /api/{t}s/{repo}/commits/{rev}`` (history, newest first),
+``POST``/``DELETE`` ``/api/{t}s/{repo}/tag/...``,
 ``POST /api/{t}s/{repo}/branch/{name}``, ``HEAD``/``GET /[{t}s/]{repo}/resolve/{rev}/{path}``
 (``X-Repo-Commit``, ``ETag``, ``Content-Length``, ``Range``); ``GET /api/agent-harnesses``
 and anything unknown answer 404 (unknown routes are also listed in :attr:`HubServer.unknown`).
@@ -434,6 +435,17 @@ class _Handler(BaseHTTPRequestHandler):
             tags = [{"name": n, "ref": f"refs/tags/{n}", "targetCommit": s} for n, s in repo.tags.items()]
         self._json({"branches": branches, "tags": tags, "converts": [], "pullRequests": []})
 
+    def commits(self, g: dict[str, str], q: dict[str, str], body: bytes) -> None:
+        with self.hub.lock:
+            repo = self.hub._get_repo(g["type"], g["repo"])
+            commit: Commit | None = self.hub._get_commit(repo, g["rev"])
+            history = []
+            while commit is not None:
+                history.append({"id": commit.sha, "title": commit.message, "message": "",
+                                "authors": [{"user": "test"}], "date": "2026-01-01T00:00:00.000Z"})  # fmt: skip
+                commit = repo.commits.get(commit.parent) if commit.parent else None
+        self._json(history)
+
     def create_tag(self, g: dict[str, str], q: dict[str, str], body: bytes) -> None:
         tag = json.loads(body)["tag"]
         with self.hub.lock:
@@ -496,6 +508,7 @@ _ROUTES: list[tuple[re.Pattern[str], Callable[[_Handler, dict[str, str], dict[st
     (re.compile(rf"GET /api/{_REPO}/tree/(?P<rev>[^/]+)(?:/(?P<path>.*))?"), _Handler.tree),
     (re.compile(rf"POST /api/{_REPO}/paths-info/(?P<rev>[^/]+)"), _Handler.paths_info),
     (re.compile(rf"GET /api/{_REPO}/refs"), _Handler.refs),
+    (re.compile(rf"GET /api/{_REPO}/commits/(?P<rev>[^/]+)"), _Handler.commits),
     (re.compile(rf"POST /api/{_REPO}/tag/(?P<rev>[^/]+)"), _Handler.create_tag),
     (re.compile(rf"DELETE /api/{_REPO}/tag/(?P<rev>[^/]+)"), _Handler.delete_tag),
     (re.compile(rf"POST /api/{_REPO}/branch/(?P<rev>[^/]+)"), _Handler.create_branch),

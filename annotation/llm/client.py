@@ -12,6 +12,11 @@ next wait would cross that cap we stop at once with :class:`LLMRequestError`. Ot
 statuses fail at once. Concurrency is bounded by a semaphore; a request holds its slot
 through its retries, and its clock starts once it holds the slot. One client serves one
 event loop.
+
+The server is not trusted (``wire``): ``timeout_s`` bounds each attempt end to end, connect
+to last byte, so a server that drips bytes is cut off; no response body is read past
+``max_response_bytes``; a 200 whose body is not a valid chat completion (not JSON, no
+``choices``, bad token counts) raises :class:`LLMResponseError` at once, without a retry.
 """
 
 from __future__ import annotations
@@ -29,9 +34,28 @@ from typing import Any, cast
 import openai
 
 from llmca_data.config import ConfigError, JsonConfig
-from llmca_data.errors import LlmcaError
 
 from .config import TransportConfig
+from .wire import (
+    FIX_BASE_URL,
+    IDENTITY_HEADERS,
+    ChatBody,
+    LLMRequestError,
+    LLMResponseError,
+    parse_chat_body,
+    response_cap,
+)
+
+__all__ = [
+    "DEFAULT_API_KEY",
+    "RETRYABLE_STATUSES",
+    "ClientConfig",
+    "Completion",
+    "LLMClient",
+    "LLMRequestError",
+    "LLMResponseError",
+    "parse_retry_after",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -83,10 +107,6 @@ class Completion:
     """``stop``, ``length`` (cut at ``max_tokens``; the caller decides), or what the server said."""
     cost_usd: float
     """Estimated cost from the configured prices."""
-
-
-class LLMRequestError(LlmcaError, RuntimeError):
-    """A request failed: a non-retryable status, or retries exhausted or out of time."""
 
 
 def parse_retry_after(headers: Any) -> float | None:
@@ -145,9 +165,13 @@ class LLMClient:
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
         api_key = os.environ.get(config.api_key_env) or DEFAULT_API_KEY
+        self._where = f"LLM server at {config.base_url}"
+        cap = response_cap(config.transport.max_response_bytes, self._where)
+        http = openai.DefaultAsyncHttpxClient(event_hooks={"response": [cap]})
         self._client = openai.AsyncOpenAI(
-            base_url=config.base_url, api_key=api_key, max_retries=0, timeout=config.transport.timeout_s
-        )
+            base_url=config.base_url, api_key=api_key, max_retries=0, timeout=config.transport.timeout_s,
+            default_headers=IDENTITY_HEADERS, http_client=http,
+        )  # fmt: skip
         self._semaphore: asyncio.Semaphore | None = None
         self._semaphore_loop: asyncio.AbstractEventLoop | None = None
         self._rng = random.Random()
@@ -231,33 +255,41 @@ class LLMClient:
                 timeout = t.timeout_s if attempt == 1 else max(0.001, min(t.timeout_s, t.total_retry_s - elapsed))
                 t0 = time.monotonic()
                 retry_after: float | None = None
+                create = self._client.chat.completions.with_raw_response.create(
+                    model=cfg.model,
+                    messages=cast(Any, messages),
+                    max_tokens=max_tokens,
+                    temperature=temperature,
+                    response_format=cast(Any, response_format) if response_format is not None else openai.omit,
+                    seed=seed if seed is not None else openai.omit,
+                    extra_body=extra_body,
+                    timeout=timeout,
+                )
                 try:
-                    response = await self._client.chat.completions.create(
-                        model=cfg.model,
-                        messages=cast(Any, messages),
-                        max_tokens=max_tokens,
-                        temperature=temperature,
-                        response_format=cast(Any, response_format) if response_format is not None else openai.omit,
-                        seed=seed if seed is not None else openai.omit,
-                        extra_body=extra_body,
-                        timeout=timeout,
-                    )
+                    # wait_for bounds the whole attempt (connect to last byte); httpx's timeout only bounds
+                    # each read, which a server sending one byte at a time never trips.
+                    raw = await asyncio.wait_for(create, timeout)
                 except openai.APIStatusError as exc:
                     if exc.status_code not in RETRYABLE_STATUSES and exc.status_code < 500:
                         raise self._fail_fast(exc) from exc
                     last_error = f"HTTP {exc.status_code}: {_server_message(exc)}"
                     retry_after = parse_retry_after(exc.response.headers)
                     cause: Exception = exc
-                except openai.APITimeoutError as exc:
-                    last_error = f"timed out after {timeout:.3g} s"
+                except (asyncio.TimeoutError, openai.APITimeoutError) as exc:
+                    last_error = f"timed out after {timeout:.3g} s (the limit of one attempt, connect to last byte)"
                     cause = exc
                 except openai.APIConnectionError as exc:
                     detail = f" ({exc.__cause__!r})" if exc.__cause__ is not None else ""
                     last_error = f"connection error: {exc.message}{detail}"
                     cause = exc
+                except openai.OpenAIError as exc:
+                    unusable = f"{self._where} sent a response the client cannot use: {exc}; {FIX_BASE_URL}"
+                    raise LLMResponseError(unusable) from exc
                 else:
+                    http = raw.http_response
+                    body = parse_chat_body(http.content, http.headers.get("content-type", ""), self._where)
                     latency = time.monotonic() - t0
-                    return self._completion(response, latency, time.monotonic() - start, attempt)
+                    return self._completion(body, latency, time.monotonic() - start, attempt)
 
                 where = f"LLM request to {cfg.base_url} (model {cfg.model!r})"
                 fix = (
@@ -284,29 +316,16 @@ class LLMClient:
                 )
                 await asyncio.sleep(delay)
 
-    def _completion(self, response: Any, latency: float, seconds: float, attempts: int) -> Completion:
-        choices = getattr(response, "choices", None)
-        if not choices:
-            raise LLMRequestError(
-                f"LLM server at {self.config.base_url} returned a reply without choices: {response!r:.300}; "
-                "check that --base-url points at an OpenAI-compatible /v1 endpoint"
-            )
-        choice = choices[0]
-        message = getattr(choice, "message", None)
-        text = getattr(message, "content", None) or ""
-        usage = getattr(response, "usage", None)
-        tokens_in = int(getattr(usage, "prompt_tokens", 0) or 0)
-        tokens_out = int(getattr(usage, "completion_tokens", 0) or 0)
-        cost = self.config.transport.cost_usd(tokens_in, tokens_out)
+    def _completion(self, body: ChatBody, latency: float, seconds: float, attempts: int) -> Completion:
         return Completion(
-            text=str(text),
-            tokens_in=tokens_in,
-            tokens_out=tokens_out,
+            text=body.text,
+            tokens_in=body.tokens_in,
+            tokens_out=body.tokens_out,
             latency_s=latency,
             seconds=seconds,
             attempts=attempts,
-            finish_reason=str(getattr(choice, "finish_reason", None) or ""),
-            cost_usd=cost,
+            finish_reason=body.finish_reason,
+            cost_usd=self.config.transport.cost_usd(body.tokens_in, body.tokens_out),
         )
 
     async def list_models(self, timeout_s: float | None = None) -> list[str]:
@@ -321,12 +340,13 @@ class LLMClient:
         cfg = self.config
         timeout = timeout_s if timeout_s is not None else min(cfg.transport.timeout_s, 10.0)
         try:
-            page = await self._client.models.list(timeout=timeout)
+            page = await asyncio.wait_for(self._client.models.list(timeout=timeout), timeout)
         except openai.APIStatusError as exc:
             raise self._fail_fast(exc) from exc
-        except openai.APIError as exc:
+        except (openai.APIError, asyncio.TimeoutError) as exc:
+            said = exc.message if isinstance(exc, openai.APIError) else f"timed out after {timeout:.3g} s"
             raise LLMRequestError(
-                f"LLM server at {cfg.base_url} did not answer GET /models: {exc.message}; "
+                f"LLM server at {cfg.base_url} did not answer GET /models: {said}; "
                 "check --base-url and that the server is up (see its log)"
             ) from exc
         return [model.id for model in page.data]

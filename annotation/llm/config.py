@@ -23,7 +23,9 @@ class TransportConfig(JsonConfig):
     ``LLMConfig`` and in the HTTP client's ``ClientConfig``)."""
 
     timeout_s: float = bounded(300.0, 0.0, None, open_low=True)
-    """Seconds per HTTP attempt (the small local model on a busy 2-core machine can need minutes)."""
+    """Seconds per HTTP attempt, end to end (connect to the last byte of the reply), so a server that
+    sends one byte at a time is cut off too (the small local model on a busy 2-core machine can need
+    minutes)."""
     max_retries: int = bounded(4, 0, None)
     """Retries after the first attempt (so at most ``max_retries + 1`` requests)."""
     backoff_s: float = bounded(1.0, 0.0, None)
@@ -35,6 +37,9 @@ class TransportConfig(JsonConfig):
     """Cap on the total time of one request with its retries; no wait may cross it."""
     concurrency: int = bounded(1, 1, None)
     """Requests in flight at once (1 for the local llama.cpp server)."""
+    max_response_bytes: int = bounded(4 * 2**20, 1024, None)
+    """Most bytes read from one HTTP response body; a larger one is refused while it is read (a
+    critic's reply is a few kB; 4 MiB leaves room for 2000-step windows of many agents)."""
     price_in: float = bounded(0.0, 0.0, None)
     """USD per 1M prompt tokens, for the cost estimate."""
     price_out: float = bounded(0.0, 0.0, None)

@@ -9,7 +9,9 @@ Each request is keyed by (model, prompt version, sampling parameters, messages) 
 up in the ``ReplyCache`` first; the embedded llama.cpp server is started only when some
 request is not cached. A reply that fails validation gets one corrective retry quoting the
 error; an episode whose reply is still invalid, or whose request failed after our retries,
-gets status ``failed`` and NaN credits. Long episodes are split into windows of at most
+gets status ``failed`` and NaN credits (so does a malformed or oversized response, and any other
+error of one exchange: the run goes on). The retry quotes at most ``QUOTE_MAX_CHARS`` of the
+invalid reply, so a huge reply is never sent back. Long episodes are split into windows of at most
 ``max_window`` steps; ``episodes_per_prompt`` > 1 puts several single-window episodes in one
 prompt (batch mode). ``max_cost`` stops sending once the next request could pass the budget.
 """
@@ -45,6 +47,20 @@ from .reply import ReplyError, parse_reply, reply_grammar, reply_json_schema
 from .server import LocalLLMServer, LocalServerConfig
 
 log = logging.getLogger(__name__)
+
+
+QUOTE_MAX_CHARS = 500
+"""Most characters of an invalid reply that the corrective retry sends back to the server."""
+
+
+def quote(text: str, limit: int = QUOTE_MAX_CHARS) -> str:
+    """``text``, or its head and tail around a marker when longer than ``limit`` (result ≤ ``limit`` chars)."""
+    if len(text) <= limit:
+        return text
+    marker = f" […{len(text)} characters, cut…] "
+    head = (limit - len(marker)) * 3 // 5
+    tail = limit - len(marker) - head
+    return text[:head] + marker + text[len(text) - tail :]
 
 
 @dataclass
@@ -244,7 +260,7 @@ class LLMCritic:
                 parsed, repaired = parse_reply(replies[0].text, agent_ids=ids, episodes=spans,
                                                with_tasks=self.config.with_tasks, n_tasks=request.n_tasks)  # fmt: skip
             except ReplyError as exc:
-                retry = [*request.messages, {"role": "assistant", "content": replies[0].text},
+                retry = [*request.messages, {"role": "assistant", "content": quote(replies[0].text)},
                          {"role": "user", "content": f"That reply was invalid: {exc}. Answer again with only the "
                                                      "corrected JSON object."}]  # fmt: skip
                 await ask(retry)
@@ -255,6 +271,9 @@ class LLMCritic:
                 self.cache.put(key, self.model, request.prompt_version, reply)
         except (ReplyError, LLMRequestError) as exc:
             error = str(exc)
+        except Exception as exc:  # one bad exchange fails its episodes, never the whole run
+            log.exception("LLM request for episodes %s failed unexpectedly", [e for e, _ in spans])
+            error = f"unexpected {type(exc).__name__} while handling the LLM reply: {str(exc)[:300]} (please report it)"
         share = 1.0 / len(request.items)
         for k in range(len(request.items)):
             request.result[k] = {

@@ -13,7 +13,9 @@ Reply format (DESIGN.md §5, CONTRACT), rationale before numbers, ``tasks`` only
 Tolerated (``repaired=True``): prose or code fences around the object, raw newlines inside
 strings, numbers as numeric strings, integral floats as tasks, agents or episodes in another
 order, a batch-shaped reply to a one-episode request. Anything else raises ``ReplyError`` with a
-message to quote back to the model in a corrective retry (``agent_1: expected 23 credits, got 21``).
+message to quote back to the model in a corrective retry (``agent_1: expected 23 credits, got 21``),
+including what only the grammar used to bound: rationales and summaries longer than the limits
+below, numbers that float32 (the stored dtype) would make ±inf, tasks beyond int16.
 
 ``reply_json_schema`` / ``reply_grammar`` describe exactly the requested reply for
 ``response_format`` (OpenAI ``json_schema``, llama-cpp-python ``json_object`` + schema) or a
@@ -24,9 +26,11 @@ away; llama.cpp refuses repetition counts above 2000 (windows of more than 2001 
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -34,9 +38,11 @@ from typing import Any, TypeVar
 from llmca_data.errors import LlmcaError
 
 RATIONALE_MAX_CHARS = 200
-"""Longest rationale the grammar allows (characters)."""
+"""Longest rationale the grammar allows and the parser accepts (characters)."""
 SUMMARY_MAX_CHARS = 300
-"""Longest summary the grammar allows (characters)."""
+"""Longest summary the grammar allows and the parser accepts (characters)."""
+TASK_MAX = 2**15 - 1
+"""Largest task index (tasks are stored as int16)."""
 _FENCE = re.compile(r"```[A-Za-z]*\s*(.*?)```", re.DOTALL)
 _V = TypeVar("_V")
 _MAX_STARTS = 20  # how many "{" positions to try when prose surrounds the JSON object
@@ -86,7 +92,7 @@ def _decode(text: str) -> tuple[dict[str, Any], bool]:
         pass
     decoder = json.JSONDecoder(strict=False)  # strict=False: raw newlines inside strings
     for candidate in [m.group(1) for m in _FENCE.finditer(stripped)] + [stripped]:
-        for start in [i for i, ch in enumerate(candidate) if ch == "{"][:_MAX_STARTS]:
+        for start in itertools.islice((i for i, ch in enumerate(candidate) if ch == "{"), _MAX_STARTS):
             try:
                 obj, _ = decoder.raw_decode(candidate, start)
             except (ValueError, RecursionError):
@@ -112,13 +118,8 @@ def _unclosed(text: str) -> bool:
     """Whether ``text`` ends inside a string or with brackets still open (a cut-off reply)."""
     depth, in_string, escaped = 0, False, False
     for ch in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
+        if in_string:  # a backslash escapes the next character; an unescaped quote ends the string
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
         elif ch == '"':
             in_string = True
         elif ch in "{[":
@@ -129,20 +130,18 @@ def _unclosed(text: str) -> bool:
 
 
 def _number(value: Any, where: str) -> tuple[float, bool]:
-    repaired = False
-    if isinstance(value, str):
-        try:
-            value, repaired = float(value.strip()), True
-        except ValueError:
-            raise ReplyError(f"{where}: expected a number, got {_short(value)}") from None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    repaired = isinstance(value, str)  # a numeric string is a repair
+    if not repaired and (isinstance(value, bool) or not isinstance(value, int | float)):
         raise ReplyError(f"{where}: expected a number, got {_short(value)}")
     try:
-        number = float(value)
+        number = float(value.strip() if repaired else value)
+        struct.pack("<f", number)  # OverflowError when float32 (the stored dtype) would make it ±inf
+    except ValueError:
+        raise ReplyError(f"{where}: expected a number, got {_short(value)}") from None
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        raise ReplyError(f"{where}: expected a finite number, got {_short(value)}")
+        raise ReplyError(f"{where}: expected a finite number of float32 range (|x| < 3.4e38), got {_short(value)}")
     return number, repaired
 
 
@@ -155,20 +154,21 @@ def _task(value: Any, where: str, n_tasks: int | None) -> tuple[int, bool]:
         value, repaired = int(number), True
     if isinstance(value, bool) or not isinstance(value, int):
         raise ReplyError(f"{where}: expected an integer task, got {_short(value)}")
-    top = None if n_tasks is None else n_tasks - 1
-    if value < -1 or (top is not None and value > top):
-        allowed = "-1 or more" if top is None else f"-1..{top}"
-        raise ReplyError(f"{where}: task {value} is out of range (allowed: {allowed})")
+    top = TASK_MAX if n_tasks is None else min(n_tasks - 1, TASK_MAX)
+    if not -1 <= value <= top:
+        raise ReplyError(f"{where}: task {_short(value)} is out of range (allowed: -1..{top})")
     return value, repaired
 
 
-def _get(obj: dict[str, Any], key: str, where: str, kind: type | None = None) -> Any:
-    """``obj[key]``, checked to exist and (with ``kind``) to be a ``str`` or a ``list``."""
+def _get(obj: dict[str, Any], key: str, where: str, kind: type | None = None, max_chars: int = 0) -> Any:
+    """``obj[key]``, checked to exist and (with ``kind``) to be a ``str`` (of at most ``max_chars``) or a ``list``."""
     if key not in obj:
         raise ReplyError(f"{where}missing key {key!r}")
     value = obj[key]
     if kind is not None and not isinstance(value, kind):
         raise ReplyError(f"{where}{key!r} must be a {'string' if kind is str else 'list'}, got {_short(value)}")
+    if max_chars and len(value) > max_chars:
+        raise ReplyError(f"{where}{key!r} has {len(value)} characters; keep it to at most {max_chars}")
     return value
 
 
@@ -187,7 +187,7 @@ def _agent(
     obj: Any, prefix: str, length: int, with_tasks: bool, n_tasks: int | None, agent_id: str
 ) -> tuple[AgentReply, bool]:
     where = f"{prefix}{agent_id}: "
-    rationale = _get(obj, "rationale", where, str)
+    rationale = _get(obj, "rationale", where, str, RATIONALE_MAX_CHARS)
     credits, repaired = _values(obj, "credits", where, length, _number)
     tasks: tuple[int, ...] | None = None
     if with_tasks:
@@ -227,7 +227,7 @@ def _episode(
         agent, fixed = _agent(by_id[agent_id], prefix, length, with_tasks, n_tasks, agent_id)
         agents.append(agent)
         repaired |= fixed
-    summary = _get(obj, "summary", prefix, str)
+    summary = _get(obj, "summary", prefix, str, SUMMARY_MAX_CHARS)
     return EpisodeReply(episode_id, tuple(agents), summary), repaired
 
 
@@ -329,12 +329,8 @@ def reply_json_schema(
     variants = [_episode_schema(agent_ids, length, with_tasks, n_tasks, eid) for eid, length in episodes]
     items = variants[0] if len(variants) == 1 else {"anyOf": variants}
     listed = {"type": "array", "items": items, "minItems": len(episodes), "maxItems": len(episodes)}
-    return {
-        "type": "object",
-        "properties": {"episodes": listed},
-        "required": ["episodes"],
-        "additionalProperties": False,
-    }
+    return {"type": "object", "properties": {"episodes": listed}, "required": ["episodes"],
+            "additionalProperties": False}  # fmt: skip
 
 
 def _lit(text: str) -> str:

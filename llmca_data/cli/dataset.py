@@ -57,7 +57,9 @@ def collect_cmd(
     dataset: Path = typer.Option(
         ..., "--dataset", "--out", help="Dataset directory (created if missing, appended to if not)."
     ),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes playing episodes in parallel."),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Processes playing episodes in parallel (at most one per CPU)."
+    ),
 ) -> None:
     """Play episodes of a tier's behaviour policy and add them to a dataset directory.
 
@@ -86,10 +88,17 @@ def annotate_cmd(
     samples: int = typer.Option(256, "--samples", min=1, help="shapley: random agent orders when N > 4 (exact to 4)."),
     env: list[str] = typer.Option([], "--env", help="Only this env (repeatable)."),
     tier: list[str] = typer.Option([], "--tier", help="Only this tier (repeatable)."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Processes computing credits in parallel."),
+    workers: int = typer.Option(
+        1, "--workers", min=1, help="Processes computing credits in parallel (at most one per CPU)."
+    ),
     force: bool = typer.Option(False, "--force", help="Recompute episodes that already have these credits."),
     from_file: Path = typer.Option(None, "--from-file", help="Import credits: Parquet with episode_id, t, credit."),
-    critic_id: str = typer.Option(None, "--critic-id", help="Critic id for --from-file credits, e.g. my-critic."),
+    critic_id: str = typer.Option(
+        None,
+        "--critic-id",
+        help="Id for --from-file credits, e.g. my-critic: lower-case words joined by '-'; never a built-in id, "
+        "counterfactual-h<N> or llm-*.",
+    ),
     limit: int = typer.Option(0, "--limit", min=0, help="Only the first N episodes per env (episode-id order)."),
     base_url: str = typer.Option("", "--base-url", help="LLM: OpenAI-compatible endpoint; default starts a local one."),
     model: str = typer.Option("", "--model", help="LLM: model name (required with --base-url)."),
@@ -103,7 +112,9 @@ def annotate_cmd(
     max_window: int = typer.Option(30, "--max-window", min=2, help="LLM: most timesteps per request."),
     team_reward: str = typer.Option("true", "--team-reward", help="LLM stress test: true | delayed | noisy."),
     noise_std: float = typer.Option(0.0, "--noise-std", help="LLM: std of --team-reward noisy."),
-    timeout: float = typer.Option(300.0, "--timeout", help="LLM: seconds per request."),
+    timeout: float = typer.Option(
+        300.0, "--timeout", help="LLM: seconds per attempt, end to end (connect to last byte); then retried."
+    ),
     max_cost: float = typer.Option(0.0, "--max-cost", min=0.0, help="LLM: stop before spending more USD (0: no cap)."),
     price_in: float = typer.Option(0.0, "--price-in", help="LLM: USD per 1M prompt tokens."),
     price_out: float = typer.Option(0.0, "--price-out", help="LLM: USD per 1M output tokens."),
@@ -261,16 +272,28 @@ def publish_cmd(
 
 def download_cmd(
     repo_id: str = typer.Argument(..., help="Hub dataset repo, e.g. llmca/annotated."),
-    dataset: Path = typer.Option(..., "--dataset", "--out", help="An empty directory for the dataset."),
+    dataset: Path = typer.Option(
+        ...,
+        "--dataset",
+        "--out",
+        help="An empty directory, or an unchanged earlier download of the same repo to update.",
+    ),
     revision: str = typer.Option("main", "--revision", help="Branch, tag or commit to pin."),
 ) -> None:
-    """Download a pinned revision and verify every file's sha256 against meta/manifest.json."""
-    from llmca_data.hub import download
+    """Download a pinned revision: only the files meta/manifest.json lists, each sha256-verified."""
+    from llmca_data.download import download
 
     result = download(repo_id, dataset, revision=revision)
+    if result.ignored:
+        shown = ", ".join(result.ignored[:5])
+        warn(f"{len(result.ignored)} repo file(s) not in the manifest were not downloaded: {shown}")
+    if result.previous_sha == result.commit_sha:
+        console.print(f"{dataset} already holds {repo_id}@{result.commit_sha}; nothing to do")
+        return
+    was = f", updated from {result.previous_sha}" if result.previous_sha else ""
     console.print(
-        f"downloaded {repo_id}@{revision} (commit {result.commit_sha}): {len(result.files)} files, "
-        f"{result.bytes / 1e6:.1f} MB, all sha256 verified → {dataset}"
+        f"downloaded {repo_id}@{revision} (commit {result.commit_sha}{was}): fetched {result.fetched} of "
+        f"{len(result.files)} files, {result.bytes / 1e6:.1f} MB, all sha256 verified → {dataset}"
     )
 
 

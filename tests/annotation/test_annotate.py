@@ -22,6 +22,7 @@ from llmca_data.annotation.registry import make_critic
 from llmca_data.collect import CollectConfig, collect
 from llmca_data.envs import CONTRACT_ENV_IDS
 from llmca_data.errors import DatasetNotFoundError
+from llmca_data.layout import PENDING_PATH
 from llmca_data.schema import from_fsl, fsl
 from llmca_data.shards import Manifest, read_shard, write_shard
 from llmca_data.validate import validate
@@ -104,8 +105,11 @@ def test_a_killed_annotation_leaves_a_valid_dataset_and_resumes(
     shutil.copytree(root, clean)
     cmd = [*CLI, "annotate", "--critic", "counterfactual", "--horizon", "20"]
     proc = subprocess.Popen([*cmd, str(root)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    info = root / "meta/info.json"
-    poll(lambda: "counterfactual-h20" in info.read_text() or proc.poll() is not None, 60)
+    manifest = root / "meta/manifest.json"
+    before = manifest.read_bytes()
+    # Kill once the first shard is committed, while the next ones are being computed.
+    poll(lambda: (manifest.read_bytes() != before and not (root / PENDING_PATH).exists()) or proc.poll() is not None,
+         120)  # fmt: skip
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     assert proc.returncode == -signal.SIGKILL, "annotation finished before the kill; make it slower"

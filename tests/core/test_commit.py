@@ -24,10 +24,11 @@ def changed_tables(root: Path) -> tuple[pa.Table, pa.Table]:
 
 def test_kill_after_the_journal_is_rolled_forward(lbf_dataset: Path) -> None:
     steps, eps = changed_tables(lbf_dataset)
-    commit = Commit(lbf_dataset, Manifest.load(lbf_dataset))
-    new = [commit.write(STEPS, steps), commit.write(EPISODES, eps)]
-    # Simulate a kill right after the journal: nothing renamed, manifest untouched.
-    write_json_atomic(lbf_dataset / PENDING_PATH, {"files": [asdict(e) for e in new]})
+    with DatasetLock(lbf_dataset) as lock:  # the writer that is killed
+        commit = Commit(lbf_dataset, Manifest.load(lbf_dataset))
+        new = [commit.write(STEPS, steps), commit.write(EPISODES, eps)]
+        # Simulate a kill right after the journal: nothing renamed, manifest untouched.
+        write_json_atomic(lbf_dataset / PENDING_PATH, {"files": [asdict(e) for e in new], "token": lock.token})
     report = validate(lbf_dataset)
     assert any(p.path == PENDING_PATH for p in report.problems)
     with DatasetLock(lbf_dataset):

@@ -20,17 +20,17 @@ import pytest
 from hub_server import HubServer
 
 from llmca_data import SCHEMA_VERSION
+from llmca_data.download import download
 from llmca_data.hub import (
     DownloadVerifyError,
     HubDependencyError,
     HubError,
     PublishConflictError,
     PublishRefusedError,
-    download,
     local_files,
     publish,
 )
-from llmca_data.layout import MANIFEST_PATH
+from llmca_data.layout import MANIFEST_PATH, STAGING_DIR
 from llmca_data.shards import FileEntry, Manifest, sha256_file
 
 REPO = "llmca/annotated"
@@ -138,7 +138,7 @@ def test_download_verifies_a_pinned_commit(dataset: Path, hub: HubServer, tmp_pa
     for rel in local_files(dataset):
         assert (out / rel).read_bytes() == (dataset / rel).read_bytes(), rel
     assert not (out / "data/other/notes.txt").exists()
-    assert not (out / ".llmca.lock").exists()
+    assert not (out / STAGING_DIR).exists() or not any((out / STAGING_DIR).iterdir())
     latest = download(REPO, tmp_path / "latest")
     assert latest.commit_sha == hub.head(REPO).sha != first.commit_sha
 
@@ -152,7 +152,8 @@ def test_download_names_a_tampered_file(dataset: Path, hub: HubServer, tmp_path:
     with pytest.raises(DownloadVerifyError, match=STEPS_EXPERT) as err:
         download(REPO, out)
     assert "sha256" in str(err.value) and str(err.value).count(".parquet:") == 1
-    assert (out / STEPS_EXPERT).read_bytes() == bad  # left in place for inspection
+    assert not (out / STEPS_EXPERT).exists() and not (out / MANIFEST_PATH).exists()  # nothing installed
+    assert [p.read_bytes() for p in (out / STAGING_DIR).glob(f"*/{STEPS_EXPERT}")] == [bad]  # kept to inspect
 
 
 def test_download_of_a_missing_repo_or_revision_is_a_clear_error(dataset: Path, hub: HubServer, tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ What counts as a reference from one module to another:
   ``annotation/llm/`` is ``llmca_data.annotation.critic``, ``from .. import hub`` in ``loaders/`` is
   ``llmca_data.hub``;
 - string literals that spell an existing project module (``importlib.import_module(
-  "llmca_data.hub")``, module names in registries, prefixes such as ``"llmca_data.baselines."``),
+  "llmca_data.download")``, module names in registries, prefixes such as ``"llmca_data.baselines."``),
   with ``+`` of module-level string constants folded (``_B + "bc"`` in ``baselines/registry.py``),
   so that a backward import hidden in a string is caught too. Docstrings are not references.
 
@@ -240,7 +240,7 @@ def test_references_resolve_relative_imports_and_strings() -> None:
     assert resolve_relative(critic, 4, None) is None
     registry = {module for _, module in references(ROOT / "baselines" / "registry.py")}
     assert {"llmca_data.baselines.bc", "llmca_data.baselines.d3rlpy_runner"} <= registry
-    assert "llmca_data.hub" in {module for _, module in references(ROOT / "loaders" / "offline.py")}
+    assert "llmca_data.download" in {module for _, module in references(ROOT / "loaders" / "offline.py")}
 
 
 def test_test_module_basenames_are_unique() -> None:

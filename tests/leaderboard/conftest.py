@@ -1,4 +1,5 @@
-"""Fixtures of the leaderboard tests: five real BC runs, submissions built from them, fake results."""
+"""Fixtures of the leaderboard tests: fake results (the runs and submissions they share with
+``tests/security`` live in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -10,67 +11,8 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
-
-from llmca_data.baselines.bc import BCConfig, fit_bc
-from llmca_data.baselines.qmix_cql import QMIXCQLConfig, fit_qmix_cql
-from llmca_data.baselines.training import load_data
-from llmca_data.leaderboard.assemble import make_submission
-from llmca_data.leaderboard.identity import dataset_identity
-from llmca_data.leaderboard.submission import DatasetIdentity
 
 ENV = "lbf-8x8-2p-2f"
-SEEDS = (0, 1, 2, 3, 4)
-SMALL = {"steps": 20, "batch_size": 32, "hidden": (16,), "eval_every": 10, "device": "cpu"}
-
-
-def _train(dataset: Path, root: Path, fit: Callable[..., Any], config_cls: type[Any]) -> list[Path]:
-    torch.set_num_threads(1)
-    data, info = load_data(dataset, ENV, ["expert"], "team", "cpu")
-    return [fit(data, info, root / f"seed{s}", config_cls(**SMALL, seed=s))[0] for s in SEEDS]
-
-
-@pytest.fixture(scope="session")
-def bc_runs(lbf_dataset_master: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Five BC run directories (seeds 0-4, 20 steps each) on the session LBF dataset's expert tier."""
-    return _train(lbf_dataset_master, tmp_path_factory.mktemp("bc-runs"), fit_bc, BCConfig)
-
-
-@pytest.fixture(scope="session")
-def qmix_runs(lbf_dataset_master: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    """Five QMIX + CQL run directories (seeds 0-4, 20 steps each)."""
-    return _train(lbf_dataset_master, tmp_path_factory.mktemp("qmix-runs"), fit_qmix_cql, QMIXCQLConfig)
-
-
-@pytest.fixture(scope="session")
-def identity(lbf_dataset_master: Path) -> DatasetIdentity:
-    """The local identity of the session LBF dataset (the leaderboard's dataset in these tests)."""
-    return dataset_identity(lbf_dataset_master)
-
-
-@pytest.fixture
-def make_sub(bc_runs: list[Path], identity: DatasetIdentity, tmp_path: Path) -> Callable[..., Path]:
-    """``make_sub(name="sub", runs=None, algorithm="bc")`` → a fresh, valid submission directory."""
-
-    def make(name: str = "sub", runs: list[Path] | None = None, algorithm: str = "bc") -> Path:
-        return make_submission(runs or bc_runs, tmp_path / name, team="llmca", algorithm=algorithm,
-                               code_url="https://example.org/llmca-data", dataset=identity)  # fmt: skip
-
-    return make
-
-
-def edit_json(sub: Path, change: Callable[[dict[str, Any]], None]) -> None:
-    """Apply ``change`` to ``sub/submission.json`` in place."""
-    path = sub / "submission.json"
-    body = json.loads(path.read_text())
-    change(body)
-    path.write_text(json.dumps(body))
-
-
-@pytest.fixture
-def edit() -> Callable[[Path, Callable[[dict[str, Any]], None]], None]:
-    """``edit(sub, change)``: rewrite ``submission.json`` with ``change(body)`` applied."""
-    return edit_json
 
 
 def fake_result(name: str, algorithm: str, scores: list[float], env_id: str = ENV, tier: str = "expert",

@@ -6,7 +6,6 @@ import json
 import logging
 import shutil
 import sys
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -292,27 +291,16 @@ def test_unknown_names_list_what_exists(ds: OfflineDataset, annotated_master: Pa
         OfflineDataset.open(annotated_master / "missing" / "deeper", ENV)
 
 
-def test_hub_repo_id_is_downloaded(annotated_master: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[tuple[str, Path, str | None]] = []
-
-    def download(repo_id: str, dest: Path, *, revision: str = "main") -> types.SimpleNamespace:
-        calls.append((repo_id, Path(dest), revision))
-        shutil.copytree(annotated_master, dest, dirs_exist_ok=True)
-        return types.SimpleNamespace(path=Path(dest))
-
-    monkeypatch.setitem(sys.modules, "llmca_data.hub", types.SimpleNamespace(download=download))
-    ds = OfflineDataset.open("nobody-org/not-a-dir", ENV, revision="abc123")
-    assert calls and calls[0][0] == "nobody-org/not-a-dir" and calls[0][2] == "abc123"
-    assert ds.critics == ("shapley",) and ds.episodes().height == 20
-    monkeypatch.setitem(sys.modules, "llmca_data.hub", None)  # not importable
-    with pytest.raises(MissingExtraError, match=r"llmca_data\.hub"):
+def test_hub_repo_id_without_the_hub_extra_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "llmca_data.download", None)  # not importable
+    with pytest.raises(MissingExtraError, match=r"llmca_data\.download"):
         OfflineDataset.open("nobody-org/other", ENV)
 
 
 def test_open_a_repo_published_to_a_local_hub(
     annotated: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """End to end through ``llmca_data.hub`` and the local Hub-protocol server of ``tests/hub_server.py``."""
+    """End to end through ``llmca_data.hub``, ``llmca_data.download`` and the local Hub-protocol server."""
     hub = pytest.importorskip("llmca_data.hub")
     build = pytest.importorskip("llmca_data.build")
     for key, value in request.getfixturevalue("hub_env")().items():
