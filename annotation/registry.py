@@ -37,8 +37,8 @@ ENTRY_POINT_GROUP = "llmca_data.critics"
 _HORIZON_ID = re.compile(r"counterfactual-h([1-9][0-9]*)")
 _SAFE_ID = re.compile(r"[a-z][a-z0-9]{0,31}(?:-[a-z0-9]{1,32}){0,7}")
 """Every critic id: lower-case words of letters and digits joined by single hyphens (≤ 8 words)."""
-RESERVED_IDS = ("team", "env")
-"""Names of rewards that are not critics (``--critic team`` online, the env's own per-agent reward)."""
+RESERVED_IDS = ("team",)
+"""Names of rewards that are not critics (``--critic team`` online: learn from the team reward)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,12 @@ def _uniform(critic_id: str, options: CriticOptions) -> Critic:
     return UniformCritic()
 
 
+def _env(critic_id: str, options: CriticOptions) -> Critic:
+    from .uniform import EnvCritic
+
+    return EnvCritic()
+
+
 def _shapley(critic_id: str, options: CriticOptions) -> Critic:
     from .shapley import ShapleyCritic
 
@@ -101,6 +107,7 @@ _BUILTIN: tuple[CriticEntry, ...] = (
         "team reward lost when one agent's action is replaced (re-simulated)",
         _counterfactual,
     ),
+    CriticEntry("env", "reference", "the env's own per-agent reward (free; the structural oracle here)", _env),
     CriticEntry("llm-mca", "llm", "an LLM splits the team reward per agent and step (LLM-MCA)", _llm),
     CriticEntry("llm-taca", "llm", "LLM-MCA plus one task per agent and step (LLM-TACA)", _llm),
 )
@@ -172,7 +179,7 @@ def check_import_id(critic_id: str) -> str:
     Raises:
         ConfigError: the id is not lower-case words joined by '-', or it is (or could be taken
             for) a registered critic: a built-in or plugin id, ``counterfactual-h<N>``, any
-            ``llm-*`` id, or a reserved name (``team``, ``env``).
+            ``llm-*`` id, or a reserved name (``team``).
     """
     if not isinstance(critic_id, str) or not _SAFE_ID.fullmatch(critic_id):
         raise ConfigError(

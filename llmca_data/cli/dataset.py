@@ -81,7 +81,7 @@ def annotate_cmd(
     directory: Path = _DIRECTORY,
     dataset: Path = _DATASET,
     critic: str = typer.Option(
-        None, "--critic", help="uniform | shapley | counterfactual | llm-mca | llm-taca | a plugin's id."
+        None, "--critic", help="uniform | shapley | counterfactual | env | llm-mca | llm-taca | a plugin's id."
     ),
     horizon: int = typer.Option(1, "--horizon", min=1, help="counterfactual: steps credited for a reward (id -hH)."),
     gamma: float = typer.Option(0.99, "--gamma", help="counterfactual: discount over the window, in [0, 1]."),

@@ -20,7 +20,9 @@ from llmca_data.config import load_settings, merge_settings
 def train_online_cmd(
     env_id: str = typer.Argument(..., help="Env id, e.g. lbf-8x8-2p-2f-coop (see `llmca envs`)."),
     critic: str = typer.Option(
-        "team", "--critic", help="team | uniform | counterfactual | shapley | llm-mca | llm-taca: each agent's reward."
+        "team",
+        "--critic",
+        help="team | uniform | counterfactual | shapley | env | llm-mca | llm-taca: each agent's reward.",
     ),
     episodes: int = typer.Option(1000, "--episodes", min=1, help="Episodes to collect in total (raise it to extend)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seeds the network, minibatches and the episodes' env seeds."),

@@ -103,7 +103,7 @@ def test_horizon_is_an_option_and_the_h_id_a_name() -> None:
 
 
 def test_bad_options_and_ids_are_config_errors() -> None:
-    with pytest.raises(UnknownCriticError, match="uniform, shapley, counterfactual, llm-mca, llm-taca"):
+    with pytest.raises(UnknownCriticError, match="uniform, shapley, counterfactual, env, llm-mca, llm-taca"):
         make_critic("shapely")
     with pytest.raises(ConfigError, match="gamma"):
         CriticOptions(gamma=float("nan"))

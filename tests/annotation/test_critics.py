@@ -117,6 +117,16 @@ def test_uniform_splits_the_team_reward() -> None:
     np.testing.assert_allclose(out.credits, np.repeat(episode.reward_team[:, None] / 3, 3, axis=1), rtol=1e-6)
 
 
+@pytest.mark.parametrize("env_id", ["lbf-8x8-2p-2f", "spaceworld-10x10-3a"])
+def test_env_critic_is_the_envs_own_per_agent_reward(env_id: str) -> None:
+    episode = play(env_id, "expert", 0)
+    out = make_critic("env").annotate(episode, None)
+    assert out.credits.dtype == np.float32 and out.credits is not episode.reward_env
+    np.testing.assert_array_equal(out.credits, episode.reward_env)
+    np.testing.assert_allclose(out.credits.sum(axis=1), episode.reward_team, atol=1e-6)
+    assert episode.reward_team.sum() > 0  # the expert earns something, so the check is not vacuous
+
+
 def test_an_episode_the_env_does_not_reproduce_fails_with_nan() -> None:
     episode = play("lbf-8x8-2p-2f", "random", 0)
     episode.obs = episode.obs.copy()
