@@ -41,7 +41,7 @@ from llmca_data.rollout import Episode
 from llmca_data.schema import annotations_schema, credit_column, from_fsl
 from llmca_data.tables import tables_to_episodes
 
-from .critic import Critic, CriticOutput, stored_output
+from .critic import Critic, CriticOutput, run_critic
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,7 @@ def _run_chunk(critic: Critic, spec_kwargs: dict[str, Any], episodes: list[Episo
     if critic.needs_env and episodes:
         key = json.dumps([episodes[0].env_id, spec_kwargs], sort_keys=True)
         env = _ENVS.get(key) or _ENVS.setdefault(key, make_env(episodes[0].env_id, **spec_kwargs))
-    batch = getattr(critic, "annotate_batch", None)
-    if batch is not None:  # critics with their own concurrency (the LLM critic) take the whole list
-        outputs: list[CriticOutput] = batch(episodes, env)
-        return outputs
-    return [critic.annotate(e, env) for e in episodes]
+    return run_critic(critic, episodes, env)
 
 
 def annotate(
@@ -144,7 +140,6 @@ def annotate(
                         done += len(chunk)
                         if progress:
                             progress(done, total)
-                outputs = [stored_output(o, e.length, spec.n_agents) for e, o in zip(episodes, outputs, strict=True)]
                 credits = [
                     EpisodeCredits(e.episode_id, o.credits, o.tasks) for e, o in zip(episodes, outputs, strict=True)
                 ]

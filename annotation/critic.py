@@ -93,6 +93,19 @@ def stored_output(output: CriticOutput, length: int, n_agents: int) -> CriticOut
     return replace(output, credits=nan, status="failed", error=error, tasks=None)
 
 
+def run_critic(critic: Critic, episodes: list[Episode], env: MultiAgentEnv | None) -> list[CriticOutput]:
+    """One critic call for a block of episodes: ``annotate_batch(episodes, env)`` when the critic
+    has it (critics with their own concurrency, the LLM critic), else ``annotate`` per episode
+    (``env`` only to a critic that ``needs_env``); each output as it may be stored (``stored_output``)."""
+    batch = getattr(critic, "annotate_batch", None)
+    outputs: list[CriticOutput] = (
+        batch(episodes, env)
+        if batch is not None
+        else [critic.annotate(e, env if critic.needs_env else None) for e in episodes]
+    )
+    return [stored_output(o, e.length, e.reward_env.shape[1]) for e, o in zip(episodes, outputs, strict=True)]
+
+
 class Critic(Protocol):
     """A credit-assignment critic."""
 

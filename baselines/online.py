@@ -37,7 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from llmca_data.annotation.critic import Critic, CriticOutput, stored_output
+from llmca_data.annotation.critic import Critic, CriticOutput, run_critic
 from llmca_data.annotation.registry import CriticOptions, check_critic, make_critic
 from llmca_data.config import ConfigError, JsonConfig, bounded
 from llmca_data.dataset import writing
@@ -140,18 +140,6 @@ def make_online_critic(config: OnlineConfig) -> Critic | None:
     if config.critic == "team":
         return None
     return make_critic(config.critic, replace(config.critic_options, seed=config.seed))
-
-
-def annotate_block(critic: Critic, episodes: list[Episode], env: MultiAgentEnv) -> list[CriticOutput]:
-    """One critic call for a block of episodes (``annotate_batch`` when the critic has it), each
-    output as it may be stored (``stored_output``: a non-finite credit fails its episode)."""
-    batch = getattr(critic, "annotate_batch", None)
-    outputs: list[CriticOutput] = (
-        batch(episodes, env)
-        if batch is not None
-        else [critic.annotate(e, env if critic.needs_env else None) for e in episodes]
-    )
-    return [stored_output(o, e.length, e.reward_env.shape[1]) for e, o in zip(episodes, outputs, strict=True)]
 
 
 def train_online(
@@ -277,7 +265,7 @@ class _Loop:
             return [(e, None) for e in episodes]
         with self._timer("critic"):
             sent = int(getattr(self.critic, "requests_sent", 0))
-            outputs = annotate_block(self.critic, episodes, self.critic_env)
+            outputs = run_critic(self.critic, episodes, self.critic_env)
             self.counters["critic_calls"] += 1
             self.counters["llm_requests"] += int(getattr(self.critic, "requests_sent", 0)) - sent
             for o in outputs:
