@@ -18,7 +18,6 @@ an ancestor of it; anything else is refused, so a download never overwrites a us
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -141,7 +140,7 @@ def _check_target(api: HfApi, repo_id: str, sha: str, out: Path) -> dict[str, An
     if source.get("state") == "installing":
         return source  # an interrupted install of this repo: finish it
     manifest = out / MANIFEST_PATH
-    digest = hashlib.sha256(regular_file(manifest).read_bytes()).hexdigest() if manifest.is_file() else None
+    digest = sha256_file(manifest) if manifest.is_file() else None
     if digest != source.get("manifest_sha256"):
         raise DownloadTargetError(
             f"{out} has changed since it was downloaded from {repo_id}@{source.get('commit_sha')} (its manifest "
