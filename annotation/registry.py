@@ -8,7 +8,8 @@ The CLI (`llmca annotate`), the pipeline and the online loop all ask this regist
 
 - ``uniform``, ``shapley``, ``counterfactual`` (reference critics; ``counterfactual`` with
   ``horizon`` H > 1 has the id ``counterfactual-hH``, which is also accepted as a name);
-- ``llm-mca``, ``llm-taca`` (the LLM critics; ``llm.team_reward`` delayed/noisy adds a suffix);
+- ``llm-mca``, ``llm-taca`` (dense form), ``llm-mca-shares``, ``llm-taca-shares``, ``llm-mca-temporal``
+  (shares form; the LLM critics: ``llm.team_reward`` delayed/noisy adds a suffix);
 - plugins: ``register_critic`` in code, or an entry point in the group ``llmca_data.critics``
   whose object is a ``CriticEntry``.
 
@@ -110,6 +111,9 @@ _BUILTIN: tuple[CriticEntry, ...] = (
     CriticEntry("env", "reference", "the env's own per-agent reward (free; the structural oracle here)", _env),
     CriticEntry("llm-mca", "llm", "an LLM splits the team reward per agent and step (LLM-MCA)", _llm),
     CriticEntry("llm-taca", "llm", "LLM-MCA plus one task per agent and step (LLM-TACA)", _llm),
+    CriticEntry("llm-mca-shares", "llm", "an LLM gives each agent's percent share of each reward (sums to it)", _llm),
+    CriticEntry("llm-taca-shares", "llm", "shares plus one task per agent per segment between rewards", _llm),
+    CriticEntry("llm-mca-temporal", "llm", "shares, part of each moved to the earlier steps that enabled it", _llm),
 )
 _REGISTRY: dict[str, CriticEntry] = {e.critic_id: e for e in _BUILTIN}
 _plugins_loaded = False

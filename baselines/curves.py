@@ -45,7 +45,8 @@ class CurveGroup:
 def read_curve(run_dir: Path, metric: str = "eval_score") -> tuple[str, str, dict[int, float]]:
     """``(env_id, critic, {episodes: value})`` of one run; ``metric`` is a ``curve.jsonl`` field.
 
-    The critic label gets ``+norm`` when the run rescaled credits to the team reward.
+    The critic label gets ``+step`` or ``+episode`` when the run rescaled credits to the team
+    reward (``credit_scale``; a run written with the older ``normalize_credits: true`` is ``+step``).
 
     Raises:
         RunError: ``run_dir`` is not an online run (no ``config.json`` naming an env and a critic, or
@@ -71,7 +72,8 @@ def read_curve(run_dir: Path, metric: str = "eval_score") -> tuple[str, str, dic
         if row.get(metric) is None:
             raise RunError(f"{curve_path}: no {metric!r} at {row.get('episodes')} episodes; try --metric eval_return")
         points[int(row["episodes"])] = float(row[metric])
-    label = str(config["critic"]) + ("+norm" if config.get("normalize_credits") else "")
+    scale = config.get("credit_scale") or ("step" if config.get("normalize_credits") is True else "none")
+    label = str(config["critic"]) + ("" if scale == "none" else f"+{scale}")
     return str(config["env_id"]), label, points
 
 

@@ -44,6 +44,7 @@ import torch
 
 from llmca_data.config import bounded
 from llmca_data.loaders import OfflineDataset
+from llmca_data.loaders.arrays import CreditScale, check_credit_scale
 
 from .device import resolve_device
 from .networks import sample_legal
@@ -89,12 +90,21 @@ class D3rlpyQConfig(D3rlpyConfig):
 
     reward: str = "team"
     """``team``, ``env`` or ``credit_<critic>``: the reward column agent i learns from."""
+    credit_scale: CreditScale = "none"
+    """How the ``reward`` column is put on the team reward's scale when loaded
+    (``OfflineDataset.to_d3rlpy``): ``none`` (as stored), ``step`` (each step's agents sum to
+    ``reward_team``; unrewarded steps get 0) or ``episode`` (each episode's credits sum to its
+    return, one factor per episode, so credit for steps that lead to reward survives)."""
     gamma: float = bounded(0.8, low=0.0, high=1.0)
     """Discount factor."""
     target_period: int = bounded(200, low=1)
     """Copy the target net every this many steps (d3rlpy's default is 8000)."""
     reward_scale: float = bounded(1.0, low=0.0, open_low=True)
     """Every reward is multiplied by this before training."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_credit_scale(self.credit_scale)
 
     def d3rlpy_params(self) -> dict[str, Any]:
         params = {**super().d3rlpy_params(), "gamma": self.gamma, "target_update_interval": self.target_period}
@@ -177,12 +187,13 @@ def fit_agents(
     from d3rlpy.logging import NoopAdapterFactory
 
     steps, reward = config.steps, getattr(config, "reward", "team")
+    credit_scale = getattr(config, "credit_scale", "none")
     n_agents, per_epoch = dataset.spec.n_agents, _epoch_steps(steps)
     algos: list[Any] = []
     rows: list[dict[str, Any]] = []
     start = time.monotonic()
     for i in range(n_agents):
-        mdp = dataset.to_d3rlpy(agent=i, reward=reward)
+        mdp = dataset.to_d3rlpy(agent=i, reward=reward, credit_scale=credit_scale)
         d3rlpy.seed(config.seed + i)
         algo = make_d3rlpy_config(config).create(device=resolve_device(config.device))
 

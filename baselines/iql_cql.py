@@ -20,7 +20,8 @@ input and dropped with a probability ramped linearly to 1 (``TaskDropout``), so 
 policy acts without it.
 
 Only ``terminated`` stops bootstrapping: a time-limit truncation bootstraps from ``next_obs``.
-Rewards are scaled by ``reward_scale``; the target network is updated every ``target_period``
+Credits may be put on the team reward's scale first (``credit_scale``: per step or per
+episode). Rewards are scaled by ``reward_scale``; the target network is updated every ``target_period``
 steps (rate ``tau``); a divergence guard marks runs whose Q leaves the data's return range
 (``q_learning.py``).
 
@@ -43,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from llmca_data.config import bounded
+from llmca_data.loaders.arrays import CreditScale, check_credit_scale
 
 from .device import resolve_device
 from .networks import (
@@ -69,6 +71,11 @@ class IQLCQLConfig(QConfig):
 
     reward: str = "team"
     """``team``, ``env`` or ``credit_<critic>``: the per-agent reward column agent i learns from."""
+    credit_scale: CreditScale = "none"
+    """How the ``reward`` column is put on the team reward's scale when loaded
+    (``OfflineDataset.transitions``): ``none`` (as stored), ``step`` (each step's agents sum to
+    ``reward_team``; unrewarded steps get 0) or ``episode`` (each episode's credits sum to its
+    return, one factor per episode, so credit for steps that lead to reward survives)."""
     task_input: str | None = None
     """LLM-TACA: a task critic (``llm-taca``) whose task, one-hot, is appended to each agent's input."""
     task_dropout_end: float = bounded(0.8, low=0.0, high=1.0, open_low=True)
@@ -76,6 +83,10 @@ class IQLCQLConfig(QConfig):
     rnn_hidden: int = bounded(0, low=0, high=MAX_WIDTH)
     """> 0: a GRU of this width over each agent's observation history; minibatches are then
     ``batch_size`` whole episodes instead of transitions."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_credit_scale(self.credit_scale)
 
 
 def td_targets(
@@ -185,9 +196,11 @@ def train_iql_cql(
     config: IQLCQLConfig,
     progress: Progress | None = None,
 ) -> Path:
-    """Independent Q-learning + CQL on ``env_id`` (``tiers``) with reward source ``config.reward``."""
+    """Independent Q-learning + CQL on ``env_id`` (``tiers``) with reward source ``config.reward``
+    (scaled as ``config.credit_scale`` says)."""
     device = resolve_device(config.device)
-    data, info = load_data(dataset_path, env_id, tiers, config.reward, device, config.task_input, config.rnn_hidden > 0)
+    data, info = load_data(dataset_path, env_id, tiers, config.reward, device, config.task_input,
+                           config.rnn_hidden > 0, config.credit_scale)  # fmt: skip
     return fit_iql_cql(data, info, Path(out_dir), config, progress)[0]
 
 

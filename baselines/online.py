@@ -35,13 +35,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from llmca_data.annotation.critic import Critic, CriticOutput, run_critic
 from llmca_data.annotation.registry import CriticOptions, check_critic, make_critic
 from llmca_data.config import ConfigError, JsonConfig, bounded
 from llmca_data.dataset import writing
 from llmca_data.envs import MultiAgentEnv, make_env
+from llmca_data.loaders.arrays import CreditScale, check_credit_scale
 from llmca_data.rollout import Episode, episode_seed, package_versions
 
 from .device import resolve_device
@@ -100,9 +101,13 @@ class OnlineConfig(JsonConfig):
     """Fraction of the episodes over which ε decays linearly from ``eps_start`` to ``eps_end``."""
     task_dropout_end: float = 0.8
     """LLM-TACA: fraction of the episodes at which the task input's dropout probability reaches 1."""
-    normalize_credits: bool = False
-    """Rescale each step's credits to sum to the team reward (the offline loaders' ``normalize``).
-    Off, an LLM's credits enter on the model's own scale, which may dwarf the env reward."""
+    credit_scale: CreditScale = "none"
+    """How a critic's credits are put on the team reward's scale before they enter the buffer (the
+    offline loaders' ``credit_scale``; the run's dataset keeps them raw): ``none`` (the critic's own
+    scale; an LLM's may dwarf the env reward), ``step`` (each step sums to its team reward, so an
+    unrewarded step gets 0 whatever its credit) or ``episode`` (each episode sums to its return,
+    all its credits scaled by one factor, so credit for steps that lead to reward survives). A
+    run written with the older ``normalize_credits: true`` loads as ``step``."""
     critic_options: CriticOptions = field(default_factory=CriticOptions)
     """The critic's options, as ``llmca annotate`` takes them (counterfactual ``horizon``, Shapley
     ``samples``, the nested ``llm`` endpoint/model/format); ``seed`` is replaced by the run's."""
@@ -110,6 +115,7 @@ class OnlineConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_credit_scale(self.credit_scale)
         if self.critic != "team":
             check_critic(self.critic, self.critic_options)
         if min(self.episodes, self.critic_every, self.eval_every, self.eval_episodes, self.checkpoint_every) < 1:
@@ -119,6 +125,42 @@ class OnlineConfig(JsonConfig):
                 raise ConfigError(
                     f"{name}={getattr(self, name)} must be a multiple of critic_every={self.critic_every}"
                 )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], strict: bool = False, owner: str | None = None, prefix: str = "") -> Self:
+        """``JsonConfig.from_dict``, reading the older ``normalize_credits`` as ``credit_scale``
+        (``upgrade_settings``), so that old runs' ``config.json`` still load and resume."""
+        owner = owner or cls.__name__
+        if strict and LEGACY_NORMALIZE in data:
+            log.warning("%s: %r is deprecated; use credit_scale (none | step | episode)", owner, LEGACY_NORMALIZE)
+        return super().from_dict(upgrade_settings(data, owner), strict, owner, prefix)
+
+
+LEGACY_NORMALIZE = "normalize_credits"
+"""The boolean ``OnlineConfig`` field that ``credit_scale`` replaced (true is ``step``)."""
+
+
+def upgrade_settings(data: dict[str, Any], owner: str = "OnlineConfig") -> dict[str, Any]:
+    """``data`` with an older run's ``normalize_credits: bool`` replaced by ``credit_scale``
+    (true → ``step``, false → ``none``); ``data`` itself when it has no such key.
+
+    Raises:
+        ConfigError: ``normalize_credits`` is not a bool, or is true while ``credit_scale`` says
+            other than ``step``.
+    """
+    if LEGACY_NORMALIZE not in data:
+        return data
+    out = dict(data)
+    legacy = out.pop(LEGACY_NORMALIZE)
+    if not isinstance(legacy, bool):
+        raise ConfigError(f"{owner}: config key {LEGACY_NORMALIZE!r} (deprecated) must be bool, got {legacy!r}; "
+                          "use credit_scale: none | step | episode")  # fmt: skip
+    mapped = "step" if legacy else "none"
+    if legacy and out.setdefault("credit_scale", mapped) != mapped:
+        raise ConfigError(f"{owner}: {LEGACY_NORMALIZE}: true means credit_scale 'step', but credit_scale is "
+                          f"{out['credit_scale']!r}; drop {LEGACY_NORMALIZE}")  # fmt: skip
+    out.setdefault("credit_scale", mapped)
+    return out
 
 
 @dataclass(frozen=True)
@@ -227,7 +269,7 @@ class _Loop:
                 self.pending += block
             with self._timer("learner"):
                 for episode, output in block:
-                    reward, task, fell_back = rewards_from(episode, output, self.config.normalize_credits)
+                    reward, task, fell_back = rewards_from(episode, output, self.config.credit_scale)
                     self.learner.buffer.add_episode(episode, reward, task)
                     self.counters["fallback_episodes"] += int(fell_back)
                 steps = sum(e.length for e, _ in block)
@@ -334,7 +376,7 @@ def _check_resume(run_dir: Path, config: OnlineConfig) -> None:
     if old.get("algo") != ALGO:
         raise RunError(f"{run_dir} holds a {old.get('algo')!r} run, not {ALGO}; choose another --out")
     new, defaults = config.to_dict(), OnlineConfig(config.env_id).to_dict()
-    old = {**defaults, **old}  # a field added since the run was written has its default there
+    old = {**defaults, **upgrade_settings(old, str(run_dir / RUN_CONFIG))}  # a field added since: its default
     changed = sorted(k for k in new if k not in _RESUMABLE_CHANGES and old.get(k) != new[k])
     if changed:
         diff = ", ".join(f"{k}: {old.get(k)!r} → {new[k]!r}" for k in changed)

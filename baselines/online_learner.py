@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from llmca_data.annotation.critic import CriticOutput
 from llmca_data.envs.base import BoolArray, FloatArray, IntArray, MultiAgentEnv, Step
-from llmca_data.loaders.arrays import normalize_credits
+from llmca_data.loaders.arrays import check_credit_scale, rescale_credits
 from llmca_data.policies.base import random_legal_actions
 from llmca_data.reference import REFERENCE_RETURNS, normalized_score
 from llmca_data.rollout import Episode, eval_seed, run_episode
@@ -121,21 +121,26 @@ class DoubleDQN:
 
 
 def rewards_from(
-    episode: Episode, output: CriticOutput | None, normalize: bool = False
+    episode: Episode, output: CriticOutput | None, credit_scale: str = "none"
 ) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """Per-agent rewards ``[T, N]``, tasks ``[T, N]`` (or None) and whether the team reward was a fallback.
 
     No critic (``team``): every agent gets ``reward_team``. A failed annotation (any NaN) falls
-    back to the same. ``normalize`` rescales a critic's credits so that each step sums to
-    ``reward_team`` (``normalize_credits``, as the offline loaders do).
+    back to the same. ``credit_scale`` puts a critic's credits on the team reward's scale as the
+    offline loaders do (``rescale_credits``): ``none`` keeps them, ``step`` makes each step sum to
+    ``reward_team``, ``episode`` makes the episode's credits sum to its return with one factor.
+
+    Raises:
+        ConfigError: an unknown ``credit_scale``.
     """
+    check_credit_scale(credit_scale)
     team = np.repeat(episode.reward_team[:, None], episode.reward_env.shape[1], axis=1)  # [T, N]
     if output is None:
         return team, None, False
     if output.status == "failed" or not np.isfinite(output.credits).all():
         return team, None, True
     credits = output.credits.astype(np.float32)  # [T, N]
-    return (normalize_credits(credits, episode.reward_team) if normalize else credits), output.tasks, False
+    return rescale_credits(credits, episode.reward_team, None, credit_scale), output.tasks, False
 
 
 class _ObservedEnv:

@@ -108,17 +108,19 @@ def load_data(
     device: str,
     tasks: str | None = None,
     sequences: bool = False,
+    credit_scale: str = "none",
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Whole dataset resident on ``device``, and the run facts for ``config.json``.
 
     Transitions [M, ...], or with ``sequences`` whole episodes [S, T = max_steps, ...] with a
     ``mask`` [S, T] (for the GRU variant); ``task``/``next_task`` when ``tasks`` names a task critic.
+    ``credit_scale`` (``none``, ``step``, ``episode``) rescales the reward as ``transitions`` does.
     """
     ds = OfflineDataset.open(dataset_path, env_id, tiers)
     if sequences:
-        data = ds.sequences(ds.spec.max_steps, reward=reward, device=device, tasks=tasks)
+        data = ds.sequences(ds.spec.max_steps, reward=reward, device=device, credit_scale=credit_scale, tasks=tasks)
     else:
-        data = ds.transitions(reward=reward, device=device, tasks=tasks)
+        data = ds.transitions(reward=reward, device=device, credit_scale=credit_scale, tasks=tasks)
     info = {
         "env_id": env_id,
         "env_kwargs": dict(ds.spec.kwargs),

@@ -11,8 +11,9 @@ runs and resumes killed ones), then prints one row per (env, critic):
 - s / 1k episodes: wall seconds per 1000 episodes, and its critic part.
 
 The LLM critics run on a reduced budget (``--llm-episodes``) with the embedded local model
-unless ``--base-url``/``--model`` point elsewhere. An arm ``CRITIC+norm`` (e.g. ``llm-mca+norm``)
-rescales each step's credits to sum to the team reward (``normalize_credits``); with the same
+unless ``--base-url``/``--model`` point elsewhere. An arm ``CRITIC+step`` (e.g. ``llm-mca+step``;
+``+norm`` is its older name) rescales each step's credits to sum to the team reward, and
+``CRITIC+episode`` each episode's credits to sum to its return (``credit_scale``); with the same
 seeds it plays the same episodes, so its LLM requests come from the reply cache. Curves go to
 ``OUT/curves.png`` (IQM and 95% bootstrap bands, rliable) and every number to ``OUT/results.json``.
 
@@ -44,14 +45,16 @@ from llmca_data.baselines.online_io import RUN_DATASET
 
 ENVS = ("lbf-8x8-2p-2f-coop", "lbf-10x10-3p-3f", "spaceworld-10x10-3a")
 CRITICS = ("team", "uniform", "counterfactual", "shapley", "llm-mca")
+ARM_SCALES = {"": "none", "step": "step", "episode": "episode", "norm": "step"}
+"""Arm option (``CRITIC+OPTION``) → ``credit_scale``; ``norm`` is the older name of ``step``."""
 
 
 def run_one(args: argparse.Namespace, env_id: str, arm: str, seed: int) -> Path:
-    critic, _, option = arm.partition("+")  # "llm-mca+norm": credits rescaled to the team reward
+    critic, _, option = arm.partition("+")  # "llm-mca+episode": credits rescaled to the return
     episodes = args.llm_episodes if critic.startswith("llm-") else args.episodes
     eval_every = min(args.eval_every, episodes)  # a short LLM run still gets curve points
     config = OnlineConfig(
-        env_id, critic=critic, seed=seed, normalize_credits=option == "norm", episodes=episodes,
+        env_id, critic=critic, seed=seed, credit_scale=ARM_SCALES[option], episodes=episodes,
         critic_every=args.critic_every, eval_every=eval_every,
         eval_episodes=args.eval_episodes, checkpoint_every=eval_every * 4, device=args.device,
         critic_options=CriticOptions(llm=LLMConfig(
@@ -138,8 +141,8 @@ def main() -> None:
     if args.llm_episodes % args.critic_every or args.episodes % args.critic_every:
         parser.error("--episodes and --llm-episodes must be multiples of --critic-every")
     for arm in args.critics:  # checked before any run starts, not hours into the grid
-        if arm.partition("+")[2] not in ("", "norm"):
-            parser.error(f"unknown arm option in {arm!r}; the only one is +norm (e.g. llm-mca+norm)")
+        if arm.partition("+")[2] not in ARM_SCALES:
+            parser.error(f"unknown arm option in {arm!r}; use +step or +episode (e.g. llm-mca+episode)")
     results: dict[str, dict[str, Any]] = {}
     all_runs: list[Path] = []
     for env_id in args.envs:
@@ -165,7 +168,8 @@ def main() -> None:
         print(f"\n{'env':<22} {'arm':<14} {'credits vs':<28} {'rewarded':>8} {'sign':>6} {'top':>6} "
               f"{'spearman':>8} {'MAE':>7} {'ep. total r':>11}")  # fmt: skip
         for env_id in args.envs:
-            for arm in (a for a in args.critics if a.startswith("llm-") and "+" not in a):  # +norm: same credits
+            # the +step / +episode arms have the same credits as their plain arm
+            for arm in (a for a in args.critics if a.startswith("llm-") and "+" not in a):
                 runs = [args.out / env_id / arm / f"seed{seed}" for seed in range(args.seeds)]
                 for pair, sc in agreement(runs, arm, references).items():
                     agreements[f"{env_id} {arm} {pair}"] = sc

@@ -4,7 +4,22 @@
 directory or Hub repo. Output: frames and tensors. Imports the core and ``annotation``.
 """
 
-from llmca_data.loaders.arrays import normalize_credits, sample_batch
+from llmca_data.loaders.arrays import (
+    CREDIT_SCALES,
+    CreditScale,
+    normalize_credits,
+    rescale_credits,
+    sample_batch,
+    scale_per_episode,
+)
 from llmca_data.loaders.offline import OfflineDataset
 
-__all__ = ["OfflineDataset", "normalize_credits", "sample_batch"]
+__all__ = [
+    "CREDIT_SCALES",
+    "CreditScale",
+    "OfflineDataset",
+    "normalize_credits",
+    "rescale_credits",
+    "sample_batch",
+    "scale_per_episode",
+]

@@ -25,6 +25,7 @@ Example::
     ds = OfflineDataset.open("llmca/annotated", "lbf-8x8-2p-2f", tiers=["expert"])
     ds.critics                                        # e.g. ('llm-mca', 'shapley')
     data = ds.transitions(reward="credit_llm_mca", device="cuda")   # resident on the GPU
+    scaled = ds.transitions(reward="credit_llm_mca", credit_scale="episode")  # episode sums = returns
     batch = sample_batch(data, 256)                   # index_select with torch.randint indices
     obs, action, reward = batch["obs"], batch["action"], batch["reward"]  # [256, N, obs_dim], ...
     seqs = ds.sequences(20, reward="team")            # [B, 20, N, ...] plus mask [B, 20]
@@ -64,7 +65,7 @@ from llmca_data.layout import is_repo_id
 from llmca_data.schema import TASK, credit_column, critic_column_kind, task_column
 from llmca_data.shards import read_shard, regular_file
 
-from .arrays import ShardRef, normalize_credits, read_columns
+from .arrays import ShardRef, check_credit_scale, read_columns, rescale_credits
 
 if TYPE_CHECKING:
     import torch
@@ -224,7 +225,7 @@ class OfflineDataset:
         return scan if lazy else scan.collect()
 
     def transitions(
-        self, reward: str = "team", device: str = "cpu", normalize: bool = False, tasks: str | None = None
+        self, reward: str = "team", device: str = "cpu", credit_scale: str = "none", tasks: str | None = None
     ) -> dict[str, torch.Tensor]:
         """All selected steps as transition tensors (rows in shard order: tier, then episode, then t).
 
@@ -233,9 +234,14 @@ class OfflineDataset:
                 ``credit_<critic>`` (that critic's credits; a bare critic id works too). Episodes
                 with any NaN credit are dropped whole (count in ``last_dropped_episodes``).
             device: torch device for every tensor (``cuda`` keeps the dataset resident on the GPU).
-            normalize: rescale each step's reward so that its agents sum to ``reward_team``; a step
-                whose rewards sum to ~0 (below 1e-6) gets ``reward_team / N`` for every agent. With
-                ``team`` this gives the uniform split; ``env`` rewards already sum to ``reward_team``.
+            credit_scale: ``none`` (rewards as stored), ``step`` (each step's agents sum to
+                ``reward_team``; a step whose rewards sum to ~0, below 1e-6, gets ``reward_team / N``
+                for every agent, and an unrewarded step gets 0: temporal credit is lost) or
+                ``episode`` (each episode's rewards are scaled by one factor so that they sum to its
+                return Σ_t ``reward_team``, keeping which steps got credit; ~0-sum: return / (T·N)
+                everywhere). A negative credit total under a positive reward flips signs in both.
+                With ``team`` both give the uniform split; ``env`` rewards already sum to
+                ``reward_team``. See ``llmca_data.loaders.arrays.rescale_credits``.
             tasks: a task critic (``llm-taca`` or its column ``task_llm_taca``) whose assignments
                 to add as ``task``/``next_task`` [M, N] int64 (−1 where the critic assigned none).
 
@@ -244,12 +250,20 @@ class OfflineDataset:
             ``action_mask``/``next_action_mask`` [M, N, A] bool, ``state``/``next_state`` [M, S] f32,
             ``terminated``/``truncated`` [M] bool, ``cost`` [M, N] f32, ``episode_id`` [M] i64 and
             ``t`` [M] i64. The ``next_*`` of an episode's last step are its ``final_*`` columns.
+
+        Raises:
+            ConfigError: an unknown ``credit_scale`` (before any data is read).
         """
         th = require("torch")
-        return {k: th.from_numpy(v).to(device) for k, v in self._arrays(reward, normalize, tasks).items()}
+        return {k: th.from_numpy(v).to(device) for k, v in self._arrays(reward, credit_scale, tasks).items()}
 
     def sequences(
-        self, length: int, reward: str = "team", device: str = "cpu", normalize: bool = False, tasks: str | None = None
+        self,
+        length: int,
+        reward: str = "team",
+        device: str = "cpu",
+        credit_scale: str = "none",
+        tasks: str | None = None,
     ) -> dict[str, torch.Tensor]:
         """Episodes cut into chunks of ``length`` steps, padded to ``[B, T=length, ...]``.
 
@@ -259,7 +273,7 @@ class OfflineDataset:
         if length < 1:
             raise LoaderError(f"sequence length must be >= 1, got {length}")
         th = require("torch")
-        tr = self.transitions(reward, device, normalize, tasks)
+        tr = self.transitions(reward, device, credit_scale, tasks)
         ep = tr["episode_id"]  # [M]
         m = ep.shape[0]
         is_start = th.ones(m, dtype=th.bool, device=device)
@@ -282,19 +296,20 @@ class OfflineDataset:
         out["mask"] = mask
         return out
 
-    def to_d3rlpy(self, agent: int, reward: str = "team", normalize: bool = False) -> MDPDataset:
+    def to_d3rlpy(self, agent: int, reward: str = "team", credit_scale: str = "none") -> MDPDataset:
         """One agent's view as a d3rlpy ``MDPDataset`` (independent learners).
 
         ``terminals`` = ``terminated`` and ``timeouts`` = ``truncated``. d3rlpy's limits: it has no
         next observation for a timed-out episode's last step, so that transition is dropped (an
         episode of L steps gives L - 1 transitions, a terminated one L); it knows no action masks
         (``action_mask`` is not passed: restrict actions yourself) and no other agents.
+        ``credit_scale`` as in ``transitions`` (applied to whole episodes before the drop).
         """
         if not 0 <= agent < self.spec.n_agents:
             raise LoaderError(f"agent {agent} out of range: {self.env_id} has agents 0..{self.spec.n_agents - 1}")
         with contextlib.redirect_stderr(io.StringIO()):  # legacy gym prints a notice on import
             d3rlpy = require("d3rlpy")
-        arr = self._arrays(reward, normalize)
+        arr = self._arrays(reward, credit_scale)
         terminals, timeouts = arr["terminated"], arr["truncated"]
         if np.any(terminals & timeouts):
             raise ShardError(f"{self.root}: steps both terminated and truncated; run `llmca validate`")
@@ -331,8 +346,9 @@ class OfflineDataset:
             )
         return name
 
-    def _arrays(self, reward: str, normalize: bool, tasks: str | None = None) -> dict[str, np.ndarray]:
+    def _arrays(self, reward: str, credit_scale: str, tasks: str | None = None) -> dict[str, np.ndarray]:
         """The numpy arrays behind ``transitions`` (see there)."""
+        check_credit_scale(credit_scale)
         n, d, a, s = self.spec.n_agents, self.spec.obs_dim, self.spec.n_actions, self.spec.state_dim
         column = self._reward_column(reward)
         task_column = None if tasks is None else self._task_column(tasks)
@@ -374,7 +390,8 @@ class OfflineDataset:
                 )
         team = cols.pop("reward_team")  # [M]
         rew = np.repeat(team[:, None], n, axis=1) if column == "reward_team" else cols.pop(column)  # [M, N]
-        cols["reward"] = normalize_credits(rew, team) if normalize else rew
+        episode: np.ndarray = np.cumsum(ends) - ends  # [M] index of each step's episode (contiguous runs, tiers apart)
+        cols["reward"] = rescale_credits(rew, team, episode, credit_scale)  # [M, N]
         if task_column is not None:
             cols["task"] = task = cols.pop(task_column)  # [M, N]
             cols["next_task"] = np.concatenate([task[1:], task[-1:]])  # an episode's last step keeps its task

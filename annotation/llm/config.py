@@ -14,7 +14,8 @@ from llmca_data.config import ConfigError, JsonConfig, bounded
 
 RESPONSE_FORMATS = ("grammar", "json_object", "json_schema", "none")
 TEAM_REWARDS = ("true", "delayed", "noisy")
-LLM_CRITICS = ("llm-mca", "llm-taca")
+LLM_CRITICS = ("llm-mca", "llm-taca", "llm-mca-shares", "llm-taca-shares", "llm-mca-temporal")
+"""The dense form (one number per agent and step, the paper's) and the shares form (DESIGN §5)."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +56,9 @@ class LLMConfig(JsonConfig):
     """Everything that determines the LLM critic's requests (saved with every annotation)."""
 
     critic: str = "llm-mca"
-    """``llm-mca`` (credits) or ``llm-taca`` (credits and one task per agent per step); the
-    critic registry sets it from the critic id asked for."""
+    """``llm-mca`` (credits) or ``llm-taca`` (credits and one task per agent per step), or a shares
+    form critic (``llm-mca-shares``, ``llm-taca-shares``, ``llm-mca-temporal``); the critic registry
+    sets it from the critic id asked for."""
     base_url: str = ""
     """An OpenAI-compatible endpoint; empty starts the embedded llama.cpp server."""
     model: str = ""
@@ -89,6 +91,11 @@ class LLMConfig(JsonConfig):
             )
         if self.team_reward not in TEAM_REWARDS:
             raise ConfigError(f"--team-reward must be one of {', '.join(TEAM_REWARDS)}, got {self.team_reward!r}")
+        if self.shares and self.team_reward == "noisy":
+            raise ConfigError(f"{self.critic} asks only about rewarded steps; --team-reward noisy makes every step "
+                              "rewarded: use llm-mca or llm-taca for the noisy variant")  # fmt: skip
+        if self.shares and self.episodes_per_prompt > 1:
+            raise ConfigError(f"{self.critic} sends one episode (window) per request: use --episodes-per-prompt 1")
 
     @property
     def critic_id(self) -> str:
@@ -96,4 +103,14 @@ class LLMConfig(JsonConfig):
 
     @property
     def with_tasks(self) -> bool:
-        return self.critic == "llm-taca"
+        return self.critic in ("llm-taca", "llm-taca-shares")
+
+    @property
+    def shares(self) -> bool:
+        """The shares form: percent shares of each rewarded step (DESIGN §5), not one number per step."""
+        return self.critic in ("llm-mca-shares", "llm-taca-shares", "llm-mca-temporal")
+
+    @property
+    def enablers(self) -> bool:
+        """``llm-mca-temporal``: each reward also names the earlier steps that enabled it."""
+        return self.critic == "llm-mca-temporal"

@@ -31,11 +31,13 @@ from llmca_data.errors import ReplayMismatchError
 from llmca_data.rollout import Episode, replay_iter
 
 from ..critic import CriticOutput
+from ..evidence import episode_events, evidence_text
 from .cache import CachedReply, ReplyCache, request_key
 from .client import ClientConfig, LLMClient, LLMRequestError
 from .config import LLMConfig
 from .prompt import (
     build_messages,
+    displayed_rewards,
     estimate_tokens,
     max_tokens_for,
     n_task_targets,
@@ -45,6 +47,17 @@ from .prompt import (
 )
 from .reply import ReplyError, parse_reply, reply_grammar, reply_json_schema
 from .server import LocalLLMServer, LocalServerConfig
+from .shares import (
+    SharesQuery,
+    max_tokens_shares,
+    needs_request,
+    parse_shares,
+    shares_credits,
+    shares_cue,
+    shares_grammar,
+    shares_json_schema,
+    shares_query,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +84,8 @@ class _Item:
     first: dict[str, Any]
     """``describe()`` at the episode's start (object counts for TACA's task range)."""
     rendered: Any = None
+    query: SharesQuery | None = None
+    """The shares form: what this window asks (None for the dense form)."""
 
 
 @dataclass
@@ -87,7 +102,7 @@ class _Request:
 
 
 class LLMCritic:
-    """The ``Critic`` for ``llm-mca`` / ``llm-taca`` (and their stress variants)."""
+    """The ``Critic`` for every ``llm-*`` id (dense and shares form, and their stress variants)."""
 
     needs_env = True
 
@@ -125,14 +140,25 @@ class LLMCritic:
                 errors[episode.episode_id] = str(exc)
                 continue
             reward = episode.reward_team  # [T]
+            shown = displayed_rewards(reward, cfg.team_reward, noise_std=cfg.noise_std, noise_seed=cfg.noise_seed,
+                                      episode_id=episode.episode_id)  # fmt: skip  # [T]
+            events: list[str] | None = None
+            if cfg.shares:  # the evidence of every step with an event or a shown reward
+                found = episode_events(spec.env_id, [*describes, env.describe()], episode.action)
+                events = [evidence_text(e) if e or abs(r) > 0 else "" for e, r in zip(found, shown, strict=True)]
             spans = windows(episode.length, cfg.max_window)
             for t0, t1 in spans:
                 item = _Item(episode, t0, t1, describes[0])
                 item.rendered = render_episode(
                     spec.env_id, describes[t0:t1], episode.action[t0:t1], reward[t0:t1],
                     episode_id=episode.episode_id, t0=t0, team_reward=cfg.team_reward, noise_std=cfg.noise_std,
-                    noise_seed=cfg.noise_seed, reward_episode=reward,
+                    noise_seed=cfg.noise_seed, reward_episode=reward, events=None if events is None else events[t0:t1],
                 )  # fmt: skip
+                if cfg.shares:
+                    item.query = shares_query(
+                        episode.episode_id, t0, shown[t0:t1], with_tasks=cfg.with_tasks, enablers=cfg.enablers,
+                        n_tasks=n_task_targets(describes[0]) if cfg.with_tasks else None,
+                    )  # fmt: skip
                 if len(spans) == 1 and cfg.episodes_per_prompt > 1:
                     single.append(item)
                 else:
@@ -145,17 +171,25 @@ class LLMCritic:
         cfg = self.config
         n_tasks = n_task_targets(items[0].first) if cfg.with_tasks else None
         version = prompt_version(env_id, cfg.critic)
-        messages = build_messages(env_id, cfg.critic, [i.rendered for i in items], agent_ids, n_tasks)
+        query = items[0].query
+        if query is not None and not needs_request(query):  # nothing to ask: answered without the model
+            return _Request(env_id, items, [], 0, {}, "", version, n_tasks)
+        cue = None if query is None else shares_cue(query, agent_ids)
+        messages = build_messages(env_id, cfg.critic, [i.rendered for i in items], agent_ids, n_tasks, cue=cue)
         spans = [(i.episode.episode_id, i.t1 - i.t0) for i in items]
-        max_tokens = cfg.max_tokens or max_tokens_for(len(agent_ids), [n for _, n in spans], cfg.with_tasks)
+        if query is not None:
+            max_tokens = cfg.max_tokens or max_tokens_shares(query, len(agent_ids))
+            grammar, schema = shares_grammar(query, agent_ids), shares_json_schema(query, agent_ids)
+        else:
+            max_tokens = cfg.max_tokens or max_tokens_for(len(agent_ids), [n for _, n in spans], cfg.with_tasks)
+            grammar = reply_grammar(agent_ids, spans, cfg.with_tasks, n_tasks)
+            schema = reply_json_schema(agent_ids, spans, cfg.with_tasks, n_tasks)
         options: dict[str, Any] = {}
         if cfg.response_format == "grammar":
-            options["extra_body"] = {"grammar": reply_grammar(agent_ids, spans, cfg.with_tasks, n_tasks)}
+            options["extra_body"] = {"grammar": grammar}
         elif cfg.response_format == "json_object":
-            schema = reply_json_schema(agent_ids, spans, cfg.with_tasks, n_tasks)
             options["response_format"] = {"type": "json_object", "schema": schema}
         elif cfg.response_format == "json_schema":
-            schema = reply_json_schema(agent_ids, spans, cfg.with_tasks, n_tasks)
             options["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "credits", "schema": schema, "strict": True},
@@ -166,6 +200,7 @@ class LLMCritic:
 
     def estimate(self, requests: list[_Request]) -> dict[str, float]:
         """Requests, prompt tokens (estimated), cached requests and the cost estimate of ``requests``."""
+        requests = [r for r in requests if r.messages]  # windows the shares form answers without the model
         tokens_in = sum(estimate_tokens("".join(m["content"] for m in r.messages)) for r in requests)
         tokens_out = sum(r.max_tokens for r in requests)
         cached = sum(self.cache.get(r.key) is not None for r in requests)
@@ -181,7 +216,7 @@ class LLMCritic:
     def annotate_batch(self, episodes: list[Episode], env: MultiAgentEnv | None) -> list[CriticOutput]:
         assert env is not None, "the LLM critic replays episodes to describe them: pass an env"
         requests, errors = self.plan(episodes, env)
-        if any(self.cache.get(r.key) is None for r in requests):
+        if any(r.messages and self.cache.get(r.key) is None for r in requests):
             self._ensure_server()
         asyncio.run(self._run_all(requests))
         return [self._assemble(e, env.spec.n_agents, requests, errors) for e in episodes]
@@ -241,9 +276,23 @@ class LLMCritic:
                             completion.cost_usd, completion.finish_reason)  # fmt: skip
         return reply, key
 
+    def _parse(self, request: _Request, text: str) -> tuple[list[Any], bool]:
+        """The reply of each item of ``request`` and whether it was repaired; raises ``ReplyError``."""
+        ids = [f"agent_{k}" for k in range(request.items[0].episode.action.shape[1])]
+        query = request.items[0].query
+        if query is not None:
+            reply, repaired = parse_shares(text, query, ids)
+            return [reply], repaired
+        spans = [(i.episode.episode_id, i.t1 - i.t0) for i in request.items]
+        return parse_reply(text, agent_ids=ids, episodes=spans, with_tasks=self.config.with_tasks,
+                           n_tasks=request.n_tasks)  # fmt: skip
+
     async def _run(self, client: LLMClient, request: _Request) -> None:
         spans = [(i.episode.episode_id, i.t1 - i.t0) for i in request.items]
-        ids = [f"agent_{k}" for k in range(request.items[0].episode.action.shape[1])]
+        if not request.messages:  # a shares window without a rewarded step: nothing to ask
+            request.result[0] = {"reply": None, "repaired": False, "error": "", "tokens_in": 0, "tokens_out": 0,
+                                 "latency_s": 0.0, "cost_usd": 0.0, "raw": "", "free": True}  # fmt: skip
+            return
         replies: list[CachedReply] = []
         fresh: list[tuple[str, CachedReply]] = []
         error, parsed, repaired = "", None, False
@@ -257,15 +306,13 @@ class LLMCritic:
         try:
             await ask(request.messages)
             try:
-                parsed, repaired = parse_reply(replies[0].text, agent_ids=ids, episodes=spans,
-                                               with_tasks=self.config.with_tasks, n_tasks=request.n_tasks)  # fmt: skip
+                parsed, repaired = self._parse(request, replies[0].text)
             except ReplyError as exc:
                 retry = [*request.messages, {"role": "assistant", "content": quote(replies[0].text)},
                          {"role": "user", "content": f"That reply was invalid: {exc}. Answer again with only the "
                                                      "corrected JSON object."}]  # fmt: skip
                 await ask(retry)
-                parsed, _ = parse_reply(replies[1].text, agent_ids=ids, episodes=spans,
-                                        with_tasks=self.config.with_tasks, n_tasks=request.n_tasks)  # fmt: skip
+                parsed, _ = self._parse(request, replies[1].text)
                 repaired = True
             for key, reply in fresh:  # the whole exchange, so a rerun replays it without a request
                 self.cache.put(key, self.model, request.prompt_version, reply)
@@ -299,10 +346,25 @@ class LLMCritic:
         tasks = np.full((episode.length, n), -1, np.int16) if self.config.with_tasks else None  # [T, N]
         rationale = [[] for _ in range(n)]  # type: list[list[str]]
         summaries, raw, errs = [], [], []
-        for t0, t1, _, res in parts:
+        notes: list[str] = []
+        for t0, t1, request, res in parts:
+            if res.get("free"):  # a shares window without a reward: 0 credit, no tasks asked
+                credits[t0:t1] = 0.0
+                continue
             raw.append(res["raw"])
             if res["reply"] is None:
                 errs.append(f"steps {t0}-{t1 - 1}: {res['error']}")
+                continue
+            query = request.items[0].query
+            if query is not None:
+                window, window_tasks, fallbacks = shares_credits(res["reply"], query, n)
+                credits[t0:t1] = window
+                if tasks is not None and window_tasks is not None:
+                    tasks[t0:t1] = window_tasks
+                for i, text in enumerate(res["reply"].rationales):
+                    rationale[i].append(text if len(parts) == 1 else f"[{t0}-{t1 - 1}] {text}")
+                summaries.append(res["reply"].summary)
+                notes += fallbacks
                 continue
             for i, agent in enumerate(res["reply"].agents):
                 credits[t0:t1, i] = agent.credits
@@ -313,10 +375,11 @@ class LLMCritic:
         failed = bool(errs)
         if failed:
             credits[:] = np.nan  # never a partial episode: a failed window fails the episode
+        repaired = any(p[3]["repaired"] for p in parts) or bool(notes)
         return CriticOutput(
             credits=credits,
-            status="failed" if failed else ("repaired" if any(p[3]["repaired"] for p in parts) else "ok"),
-            error="; ".join(errs),
+            status="failed" if failed else ("repaired" if repaired else "ok"),
+            error="; ".join(errs or notes),
             rationale=[" ".join(r) for r in rationale],
             summary=" ".join(summaries),
             tasks=None if failed else tasks,

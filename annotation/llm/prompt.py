@@ -43,13 +43,14 @@ import numpy as np
 from llmca_data.envs import env_spec
 from llmca_data.envs.ids import EnvId
 
+from .config import LLM_CRITICS
 from .reply import RATIONALE_MAX_CHARS, SUMMARY_MAX_CHARS
 
 TEMPLATE_DIR: Path = Path(__file__).parent / "templates"
 """Where the template files live (tests may point it elsewhere)."""
 FORMAT_VERSION = "1"
 """Version of the Python-side wording (line format, headers, cue); hashed into ``prompt_version``."""
-CRITICS: tuple[str, ...] = ("llm-mca", "llm-taca")
+CRITICS: tuple[str, ...] = LLM_CRITICS
 TEAM_REWARD_MODES: tuple[str, ...] = ("true", "delayed", "noisy")
 TASK_TARGETS: Mapping[str, str] = {"lbf": "food", "rware": "shelf", "spaceworld": "module"}
 """LLM-TACA: the object kind a task index points at, per env family."""
@@ -91,7 +92,8 @@ def _check_critic(critic: str) -> None:
 def _template_names(env_id: str, critic: str) -> tuple[str, str, str, str]:
     family = _family(env_id)
     _check_critic(critic)
-    return f"env_{family}.txt", "desc.txt", f"defn_{family}.txt", f"task_{critic.removeprefix('llm-')}.txt"
+    task = critic.removeprefix("llm-").replace("-", "_")
+    return f"env_{family}.txt", "desc.txt", f"defn_{family}.txt", f"task_{task}.txt"
 
 
 def _read_templates(env_id: str, critic: str, template_dir: Path | None) -> dict[str, str]:
@@ -214,6 +216,7 @@ def render_episode(
     noise_std: float = 0.0,
     noise_seed: int = 0,
     reward_episode: np.ndarray | None = None,
+    events: Sequence[str] | None = None,
 ) -> RenderedEpisode:
     """Render steps ``t0 .. t0 + T - 1`` of an episode as one line per timestep.
 
@@ -231,6 +234,9 @@ def render_episode(
         reward_episode: the team rewards of the whole episode ``float[T_episode]`` when this
             window is part of a longer episode and ``team_reward`` is not ``true``; by default
             the window is taken to be the whole episode.
+        events: the shares form: per step of the window, the evidence of its reward events
+            (``evidence.evidence_text``), printed as `` | event ...`` on the lines where it is not
+            empty.
 
     Raises:
         ValueError: the inputs disagree in length or agent count, or an action is out of range.
@@ -246,6 +252,8 @@ def render_episode(
         )
     if t0 < 0:
         raise ValueError(f"render_episode: t0 must be >= 0, got {t0}")
+    if events is not None and len(events) != length:
+        raise ValueError(f"render_episode: {len(events)} events for {length} steps")
     names = env_spec(env_id).action_names
     if acts.size and (acts.min() < 0 or acts.max() >= len(names)):
         raise ValueError(f"render_episode: actions must be in 0..{len(names) - 1} for {env_id}")
@@ -268,7 +276,8 @@ def render_episode(
             )
         r = round(float(shown[k]), 2) + 0.0  # + 0.0 turns -0.0 into 0.0
         joint = " ".join(f"{a}={names[int(i)]}" for a, i in zip(agent_ids, acts[k], strict=True))
-        lines.append(f"t={t0 + k} r={r:.2f} | {state(d)} | act {joint}")
+        event = f" | event {events[k]}" if events is not None and events[k] else ""
+        lines.append(f"t={t0 + k} r={r:.2f} | {state(d)} | act {joint}{event}")
     header = _header(family, describes[0]) if length else ""
     return RenderedEpisode(episode_id=episode_id, t0=t0, length=length, lines=tuple(lines), header=header)
 
@@ -333,10 +342,12 @@ def build_messages(
     n_tasks: int | None,
     *,
     template_dir: Path | None = None,
+    cue: str | None = None,
 ) -> list[dict[str, str]]:
     """The chat messages of one request: static system message, then task, episodes and cue.
 
-    One episode asks for the single reply format, several for the batch format.
+    One episode asks for the single reply format, several for the batch format; the shares form
+    passes its own ``cue`` (``shares.shares_cue``).
     """
     if not episodes:
         raise ValueError("build_messages: no episodes")
@@ -348,7 +359,9 @@ def build_messages(
         blocks.append("\n".join((label, *ep.lines)))
     what = "credits" + (" and tasks" if critic == "llm-taca" else "")
     order = ", ".join(agent_ids)
-    if len(episodes) == 1:
+    if cue is not None:
+        pass
+    elif len(episodes) == 1:
         cue = (
             f'Answer now with one JSON object {{"agents": [...], "summary": ...}}: agents {order} in this order, '
             f"each with a rationale, then {episodes[0].length} {what} (one per timestep)."

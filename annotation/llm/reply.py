@@ -71,7 +71,7 @@ class EpisodeReply:
     summary: str
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
     try:
         text = json.dumps(value) if isinstance(value, str) else repr(value)
     except RecursionError:
@@ -79,7 +79,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def _decode(text: str) -> tuple[dict[str, Any], bool]:
+def decode_object(text: str) -> tuple[dict[str, Any], bool]:
     """The JSON object in ``text`` and whether finding it needed a repair."""
     if not isinstance(text, str):
         raise ReplyError(f"reply is not text but {type(text).__name__}")
@@ -129,44 +129,44 @@ def _unclosed(text: str) -> bool:
     return in_string or depth > 0
 
 
-def _number(value: Any, where: str) -> tuple[float, bool]:
+def parse_number(value: Any, where: str) -> tuple[float, bool]:
     repaired = isinstance(value, str)  # a numeric string is a repair
     if not repaired and (isinstance(value, bool) or not isinstance(value, int | float)):
-        raise ReplyError(f"{where}: expected a number, got {_short(value)}")
+        raise ReplyError(f"{where}: expected a number, got {short_repr(value)}")
     try:
         number = float(value.strip() if repaired else value)
         struct.pack("<f", number)  # OverflowError when float32 (the stored dtype) would make it ±inf
     except ValueError:
-        raise ReplyError(f"{where}: expected a number, got {_short(value)}") from None
+        raise ReplyError(f"{where}: expected a number, got {short_repr(value)}") from None
     except OverflowError:
         number = math.inf
     if not math.isfinite(number):
-        raise ReplyError(f"{where}: expected a finite number of float32 range (|x| < 3.4e38), got {_short(value)}")
+        raise ReplyError(f"{where}: expected a finite number of float32 range (|x| < 3.4e38), got {short_repr(value)}")
     return number, repaired
 
 
-def _task(value: Any, where: str, n_tasks: int | None) -> tuple[int, bool]:
+def parse_task(value: Any, where: str, n_tasks: int | None) -> tuple[int, bool]:
     repaired = False
     if isinstance(value, str) or (isinstance(value, float) and not isinstance(value, bool)):
-        number, repaired = _number(value, where)
+        number, repaired = parse_number(value, where)
         if not number.is_integer():
-            raise ReplyError(f"{where}: expected an integer task, got {_short(value)}")
+            raise ReplyError(f"{where}: expected an integer task, got {short_repr(value)}")
         value, repaired = int(number), True
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ReplyError(f"{where}: expected an integer task, got {_short(value)}")
+        raise ReplyError(f"{where}: expected an integer task, got {short_repr(value)}")
     top = TASK_MAX if n_tasks is None else min(n_tasks - 1, TASK_MAX)
     if not -1 <= value <= top:
-        raise ReplyError(f"{where}: task {_short(value)} is out of range (allowed: -1..{top})")
+        raise ReplyError(f"{where}: task {short_repr(value)} is out of range (allowed: -1..{top})")
     return value, repaired
 
 
-def _get(obj: dict[str, Any], key: str, where: str, kind: type | None = None, max_chars: int = 0) -> Any:
+def get_field(obj: dict[str, Any], key: str, where: str, kind: type | None = None, max_chars: int = 0) -> Any:
     """``obj[key]``, checked to exist and (with ``kind``) to be a ``str`` (of at most ``max_chars``) or a ``list``."""
     if key not in obj:
         raise ReplyError(f"{where}missing key {key!r}")
     value = obj[key]
     if kind is not None and not isinstance(value, kind):
-        raise ReplyError(f"{where}{key!r} must be a {'string' if kind is str else 'list'}, got {_short(value)}")
+        raise ReplyError(f"{where}{key!r} must be a {'string' if kind is str else 'list'}, got {short_repr(value)}")
     if max_chars and len(value) > max_chars:
         raise ReplyError(f"{where}{key!r} has {len(value)} characters; keep it to at most {max_chars}")
     return value
@@ -176,7 +176,7 @@ def _values(
     obj: dict[str, Any], key: str, where: str, length: int, convert: Callable[[Any, str], tuple[_V, bool]]
 ) -> tuple[tuple[_V, ...], bool]:
     """``obj[key]`` as exactly ``length`` converted values, and whether any needed a repair."""
-    raw = _get(obj, key, where, list)
+    raw = get_field(obj, key, where, list)
     if len(raw) != length:
         raise ReplyError(f"{where}expected {length} {key}, got {len(raw)}")
     pairs = [convert(value, f"{where}{key}[{t}]") for t, value in enumerate(raw)]
@@ -187,11 +187,11 @@ def _agent(
     obj: Any, prefix: str, length: int, with_tasks: bool, n_tasks: int | None, agent_id: str
 ) -> tuple[AgentReply, bool]:
     where = f"{prefix}{agent_id}: "
-    rationale = _get(obj, "rationale", where, str, RATIONALE_MAX_CHARS)
-    credits, repaired = _values(obj, "credits", where, length, _number)
+    rationale = get_field(obj, "rationale", where, str, RATIONALE_MAX_CHARS)
+    credits, repaired = _values(obj, "credits", where, length, parse_number)
     tasks: tuple[int, ...] | None = None
     if with_tasks:
-        tasks, fixed = _values(obj, "tasks", where, length, lambda v, w: _task(v, w, n_tasks))
+        tasks, fixed = _values(obj, "tasks", where, length, lambda v, w: parse_task(v, w, n_tasks))
         repaired |= fixed
     return AgentReply(agent_id, rationale, credits, tasks), repaired
 
@@ -206,15 +206,15 @@ def _episode(
     n_tasks: int | None,
 ) -> tuple[EpisodeReply, bool]:
     if not isinstance(obj, dict):
-        raise ReplyError(f"{prefix}expected a JSON object, got {_short(obj)}")
-    entries = _get(obj, "agents", prefix, list)
+        raise ReplyError(f"{prefix}expected a JSON object, got {short_repr(obj)}")
+    entries = get_field(obj, "agents", prefix, list)
     by_id: dict[str, Any] = {}
     for entry in entries:
         if not isinstance(entry, dict):
-            raise ReplyError(f"{prefix}each entry of 'agents' must be an object, got {_short(entry)}")
-        agent_id = _get(entry, "agent_id", prefix + "an agent entry: ")
+            raise ReplyError(f"{prefix}each entry of 'agents' must be an object, got {short_repr(entry)}")
+        agent_id = get_field(entry, "agent_id", prefix + "an agent entry: ")
         if not isinstance(agent_id, str) or agent_id not in agent_ids:
-            raise ReplyError(f"{prefix}unknown agent id {_short(agent_id)} (expected {', '.join(agent_ids)})")
+            raise ReplyError(f"{prefix}unknown agent id {short_repr(agent_id)} (expected {', '.join(agent_ids)})")
         if agent_id in by_id:
             raise ReplyError(f"{prefix}agent {agent_id} appears twice")
         by_id[agent_id] = entry
@@ -227,7 +227,7 @@ def _episode(
         agent, fixed = _agent(by_id[agent_id], prefix, length, with_tasks, n_tasks, agent_id)
         agents.append(agent)
         repaired |= fixed
-    summary = _get(obj, "summary", prefix, str, SUMMARY_MAX_CHARS)
+    summary = get_field(obj, "summary", prefix, str, SUMMARY_MAX_CHARS)
     return EpisodeReply(episode_id, tuple(agents), summary), repaired
 
 
@@ -235,7 +235,7 @@ def _episode_id(value: Any) -> tuple[int, bool]:
     if isinstance(value, str) and re.fullmatch(r"\s*-?\d{1,18}\s*", value):
         return int(value), True
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ReplyError(f"episode_id must be an integer, got {_short(value)}")
+        raise ReplyError(f"episode_id must be an integer, got {short_repr(value)}")
     return value, False
 
 
@@ -264,18 +264,18 @@ def parse_reply(
     """
     if not episodes:
         raise ValueError("parse_reply: no episodes requested")
-    obj, repaired = _decode(text)
+    obj, repaired = decode_object(text)
     if len(episodes) == 1 and ("agents" in obj or "episodes" not in obj):
         (episode_id, length), prefix = episodes[0], ""
         reply, fixed = _episode(obj, prefix, episode_id, length, agent_ids, with_tasks, n_tasks)
         return [reply], repaired or fixed
-    entries = _get(obj, "episodes", "", list)
+    entries = get_field(obj, "episodes", "", list)
     wanted = dict(episodes)
     found: dict[int, Any] = {}
     for entry in entries:
         if not isinstance(entry, dict):
-            raise ReplyError(f"each entry of 'episodes' must be an object, got {_short(entry)}")
-        episode_id, fixed = _episode_id(_get(entry, "episode_id", "an episode entry: "))
+            raise ReplyError(f"each entry of 'episodes' must be an object, got {short_repr(entry)}")
+        episode_id, fixed = _episode_id(get_field(entry, "episode_id", "an episode entry: "))
         repaired |= fixed
         if episode_id not in wanted:
             raise ReplyError(f"unknown episode_id {episode_id} (expected {', '.join(str(e) for e, _ in episodes)})")
@@ -333,7 +333,7 @@ def reply_json_schema(
             "additionalProperties": False}  # fmt: skip
 
 
-def _lit(text: str) -> str:
+def gbnf_literal(text: str) -> str:
     """A GBNF string literal matching exactly ``text``."""
 
     def escape(ch: str) -> str:
@@ -352,7 +352,7 @@ def reply_grammar(
     sep = ' ws "," ws '
 
     def key(name: str) -> str:
-        return _lit(f'"{name}":')
+        return gbnf_literal(f'"{name}":')
 
     def array(kind: str, item: str, length: int) -> str:
         more = f' ("," ws {item}){{{length - 1}}}' if length > 1 else ""
@@ -362,13 +362,13 @@ def reply_grammar(
     def episode(k: int, episode_id: int | None, length: int) -> str:
         agents = []
         for i, agent_id in enumerate(agent_ids):
-            parts = [f"{key('agent_id')} ws {_lit(json.dumps(agent_id))}", f"{key('rationale')} ws rationale"]
+            parts = [f"{key('agent_id')} ws {gbnf_literal(json.dumps(agent_id))}", f"{key('rationale')} ws rationale"]
             parts.append(f"{key('credits')} ws {array('credits', 'num', length)}")
             if with_tasks:
                 parts.append(f"{key('tasks')} ws {array('tasks', 'task', length)}")
             rules[f"ep{k}-agent{i}"] = '"{" ws ' + sep.join(parts) + ' ws "}"'
             agents.append(f"ep{k}-agent{i}")
-        head = [] if episode_id is None else [f"{key('episode_id')} ws {_lit(str(episode_id))}"]
+        head = [] if episode_id is None else [f"{key('episode_id')} ws {gbnf_literal(str(episode_id))}"]
         agents_list = f'{key("agents")} ws "[" ws ' + sep.join(agents) + ' ws "]"'
         body = [*head, agents_list, f"{key('summary')} ws summary"]
         rules[f"ep{k}"] = '"{" ws ' + sep.join(body) + ' ws "}"'
@@ -380,17 +380,25 @@ def reply_grammar(
         names = [episode(k, eid, length) for k, (eid, length) in enumerate(episodes)]
         root = '"{" ws ' + f'{key("episodes")} ws "[" ws ' + sep.join(names) + ' ws "]" ws "}"'
     if with_tasks:
-        if n_tasks is None:
-            rules["task"] = '"-1" | "0" | [1-9] [0-9]{0,5}'
-        else:
-            rules["task"] = " | ".join(_lit(str(v)) for v in range(-1, n_tasks))
+        rules["task"] = task_rule(n_tasks)
     lines = [f"root ::= {root}"]
     lines += [f"{name} ::= {body}" for name, body in rules.items()]
-    lines += [
-        'num ::= "-"? ("0" | [1-9] [0-9]{0,2}) ("." [0-9]{1,3})?',
-        f'rationale ::= "\\"" char{{0,{RATIONALE_MAX_CHARS}}} "\\""',
-        f'summary ::= "\\"" char{{0,{SUMMARY_MAX_CHARS}}} "\\""',
+    lines.append('num ::= "-"? ("0" | [1-9] [0-9]{0,2}) ("." [0-9]{1,3})?')
+    return "\n".join(lines + text_rules(RATIONALE_MAX_CHARS, SUMMARY_MAX_CHARS)) + "\n"
+
+
+def task_rule(n_tasks: int | None) -> str:
+    """The GBNF body of a task integer: −1 or a target index below ``n_tasks``."""
+    if n_tasks is None:
+        return '"-1" | "0" | [1-9] [0-9]{0,5}'
+    return " | ".join(gbnf_literal(str(v)) for v in range(-1, n_tasks))
+
+
+def text_rules(rationale_chars: int, summary_chars: int) -> list[str]:
+    """GBNF rules ``rationale``, ``summary`` (bounded JSON strings without raw newlines) and ``ws``."""
+    return [
+        f'rationale ::= "\\"" char{{0,{rationale_chars}}} "\\""',
+        f'summary ::= "\\"" char{{0,{summary_chars}}} "\\""',
         'char ::= [^"\\\\\\x00-\\x1F\\x7F] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{4})',
         'ws ::= ("\\n" [ ]{0,12} | " ")?',
     ]
-    return "\n".join(lines) + "\n"

@@ -27,6 +27,14 @@ def train_cmd(
     reward: str = typer.Option(
         "team", "--reward", help="team | env | credit_CRITIC: iql-cql, d3rlpy-cql, d3rlpy-bcq (the others: team only)."
     ),
+    credit_scale: str = typer.Option(
+        "none",
+        "--credit-scale",
+        help="none | step | episode: put the --reward credits on the team reward's scale (iql-cql, d3rlpy-cql, "
+        "d3rlpy-bcq). none: as stored; step: each step's agents sum to the team reward (unrewarded steps get 0); "
+        "episode: each episode's credits sum to its return, one factor per episode (credit for steps that lead "
+        "to reward survives). Saved in config.json.",
+    ),
     steps: int = typer.Option(None, "--steps", min=1, help="Gradient steps (default: the algorithm's config)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Training seed."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda."),
@@ -49,9 +57,10 @@ def train_cmd(
     with progress_bar(f"train {algo}", "steps") as update:
         run_dir = train(
             algo, dataset, env, tier or None, out, reward=reward, steps=steps, seed=seed, device=device,
-            task_input=task_input, overrides=load_settings(config), progress=update,
+            task_input=task_input, credit_scale=credit_scale, overrides=load_settings(config), progress=update,
         )  # fmt: skip
-    console.print(f"trained {algo} on {env} ({reward} reward) → {run_dir}")
+    scaled = "" if credit_scale == "none" else f", scaled per {credit_scale}"
+    console.print(f"trained {algo} on {env} ({reward} reward{scaled}) → {run_dir}")
 
 
 def evaluate_cmd(

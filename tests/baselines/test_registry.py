@@ -89,6 +89,11 @@ def test_reward_source_refused_where_unused(algo: str) -> None:
         make_config(algo, reward="credit_shapley")
     with pytest.raises(ConfigError, match="drop --reward env"):
         make_config(algo, settings={"reward": "env"})
+    assert make_config(algo, credit_scale="none") is not None  # none, the default, too
+    with pytest.raises(ConfigError, match=r"drop --credit-scale episode, or use one of iql-cql"):
+        make_config(algo, credit_scale="episode")
+    with pytest.raises(ConfigError, match="drop --credit-scale step"):
+        make_config(algo, settings={"credit_scale": "step"})
 
 
 @pytest.mark.parametrize(
@@ -109,6 +114,8 @@ def test_reward_source_refused_where_unused(algo: str) -> None:
         ({"target_period": 0}, "'target_period'"),
         ({"reward_scale": -1.0}, "'reward_scale'"),
         ({"task_input": 3}, "'task_input' must be"),
+        ({"credit_scale": "per-episode"}, "'credit_scale' must be one of 'none', 'step', 'episode'"),
+        ({"credit_scale": True}, "'credit_scale' must be one of"),
     ],
 )
 def test_bad_config_keys_name_the_key(settings: dict[str, Any], message: str) -> None:
@@ -127,6 +134,32 @@ def test_strict_configs_for_every_family() -> None:
         make_config("vdn-cql", task_input="llm-taca")
     # a run's own config.json (with run facts) reads leniently
     assert IQLCQLConfig.from_dict({"algo": "iql-cql", "n_agents": 2, "gamma": 0.5}).gamma == 0.5
+
+
+@pytest.mark.parametrize("algo", [a for a in OFFLINE_ALGOS if ALGORITHMS[a].rewards])
+def test_credit_scale_is_a_config_field_of_the_reward_learners(algo: str) -> None:
+    cls = get_algorithm(algo).config_class()
+    assert make_config(algo).credit_scale == "none"  # type: ignore[attr-defined]
+    assert make_config(algo, credit_scale="episode").credit_scale == "episode"  # type: ignore[attr-defined]
+    config = make_config(algo, settings={"credit_scale": "step"})  # e.g. from --config FILE
+    assert config.to_dict()["credit_scale"] == "step" and cls.from_dict(config.to_dict()) == config
+    assert cls.from_dict({"algo": algo, "reward": "env"}).credit_scale == "none"  # a run saved before the field
+    with pytest.raises(ConfigError, match="choose one of none, step, episode"):
+        cls(credit_scale="Episode")  # checked on construction too, not only from settings
+
+
+def test_credit_scale_reaches_the_training_data(lbf_dataset_master: Path, tmp_path: Path) -> None:
+    """``team`` rescaled per step or per episode is ``reward_team / N``: the guard's bound halves."""
+    bounds = {}
+    for scale in ("none", "step", "episode"):
+        run = train("iql-cql", lbf_dataset_master, ENV, None, tmp_path / scale, credit_scale=scale,
+                    overrides=_small("iql-cql"))  # fmt: skip
+        body = json.loads((run / RUN_CONFIG).read_text())
+        assert body["credit_scale"] == scale  # provenance
+        bounds[scale] = body["q_bound"]
+    assert bounds["none"] > 0
+    assert bounds["step"] == pytest.approx(bounds["none"] / 2)
+    assert bounds["episode"] == pytest.approx(bounds["none"] / 2)
 
 
 def test_config_files_are_checked(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import torch
 
 from llmca_data.annotation.annotate import annotate
 from llmca_data.annotation.registry import make_critic
+from llmca_data.config import ConfigError
 from llmca_data.errors import (
     LlmcaError,
     SchemaVersionError,
@@ -28,7 +29,7 @@ from llmca_data.errors import (
     UnknownTierError,
 )
 from llmca_data.info import load_info, spec_from_info
-from llmca_data.loaders import OfflineDataset, sample_batch
+from llmca_data.loaders import OfflineDataset, normalize_credits, rescale_credits, sample_batch
 from llmca_data.loaders.offline import LoaderError, MissingExtraError
 from llmca_data.schema import to_fsl
 from llmca_data.shards import Manifest, write_shard
@@ -183,12 +184,13 @@ def test_tier_without_the_critic_is_dropped(lbf_dataset: Path) -> None:
     assert set(got["episode_id"].tolist()) == set(expert["episode_id"].to_list())
 
 
-def test_normalize(annotated: Path) -> None:
+def test_credit_scale_step(annotated: Path) -> None:
     rewrite_credits(annotated, lambda c, ep: np.where(np.arange(len(c))[:, None] % 5 == 0, 0.0, 3.0 * c + 0.25))
     ds = OfflineDataset.open(annotated, ENV)
     team = ds.transitions("team")["reward"][:, 0]  # [M]
     raw = ds.transitions("credit_shapley")["reward"]
-    got = ds.transitions("credit_shapley", normalize=True)["reward"]
+    assert torch.equal(ds.transitions("credit_shapley", credit_scale="none")["reward"], raw)  # the default
+    got = ds.transitions("credit_shapley", credit_scale="step")["reward"]
     assert not torch.allclose(raw.sum(1), team)
     assert torch.allclose(got.sum(1), team, atol=1e-5)
     zero = raw.sum(1).abs() <= 1e-6
@@ -196,8 +198,84 @@ def test_normalize(annotated: Path) -> None:
     scaled = ~zero & (raw != 0).all(1)
     ratio = got[scaled] / raw[scaled]
     assert torch.allclose(ratio[:, 0], ratio[:, 1], rtol=1e-4)  # a rescale, not a redistribution
-    uniform = ds.transitions("team", normalize=True)["reward"]
+    uniform = ds.transitions("team", credit_scale="step")["reward"]
     assert torch.allclose(uniform, team[:, None].expand(-1, 2) / 2)
+
+
+def test_credit_scale_episode_keeps_temporal_credit(annotated: Path) -> None:
+    returns = dict(OfflineDataset.open(annotated, ENV).episodes().select("episode_id", "return_team").iter_rows())
+    rewarded = [e for e in range(12) if returns[e] > 0]  # random-tier episodes with a positive return
+    assert len(rewarded) >= 2, "the fixture should hold two rewarded random episodes"
+    zero_sum, flipped = rewarded[:2]
+
+    def credits(c: np.ndarray, ep: np.ndarray) -> np.ndarray:
+        out = 3.0 * c + 0.25  # every step credited, rewarded or not
+        out[ep == zero_sum] = np.array([1.0, -1.0])  # credits summing to 0
+        out[ep == flipped] *= -1.0  # a negative total under a positive return
+        return out
+
+    rewrite_credits(annotated, credits)
+    ds = OfflineDataset.open(annotated, ENV)
+    team = ds.transitions("team")["reward"][:, 0].double()  # [M]
+    raw = ds.transitions("credit_shapley")
+    got = ds.transitions("credit_shapley", credit_scale="episode")["reward"]  # [M, N]
+    step = ds.transitions("credit_shapley", credit_scale="step")["reward"]
+    c, g, ep = raw["reward"].double(), got.double(), raw["episode_id"]
+    assert got.dtype == torch.float32
+    for e in ep.unique().tolist():
+        rows = ep == e
+        ret = team[rows].sum()
+        assert float(ret) == pytest.approx(returns[e], abs=1e-5)
+        assert float(g[rows].sum()) == pytest.approx(float(ret), abs=1e-5), f"episode {e} sums to its return"
+        if e == zero_sum:  # no shares to keep: an even split R / (T·N)
+            assert torch.allclose(g[rows], ret / rows.sum() / 2 * torch.ones_like(g[rows]), atol=1e-7)
+            continue
+        factor = ret / c[rows].sum()  # one factor for the whole episode: every ratio kept
+        assert torch.allclose(g[rows], factor * c[rows], rtol=1e-5, atol=1e-7)
+        if e == flipped:
+            assert factor < 0 and (torch.sign(g[rows]) == -torch.sign(c[rows])).all()
+        if e >= 12:  # expert: untouched Shapley credits already sum to the team reward each step
+            assert torch.allclose(g[rows], c[rows], atol=1e-5)
+    # temporal credit: unrewarded steps the critic credited, in rewarded episodes, keep credit
+    ahead = (team == 0) & (c != 0).all(1) & torch.isin(ep, torch.tensor(rewarded[1:]))
+    assert ahead.any() and (got[ahead] != 0).all() and (step[ahead] == 0).all()
+    seq = ds.sequences(10, "credit_shapley", credit_scale="episode")
+    assert torch.equal(seq["reward"][seq["mask"]], got)
+    mdp = ds.to_d3rlpy(agent=1, reward="credit_shapley", credit_scale="episode")
+    np.testing.assert_array_equal(np.concatenate([e.rewards[:, 0] for e in mdp.episodes]), got[:, 1].numpy())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_scale_per_episode_against_a_loop(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    m, n = 60, 3
+    credits = rng.normal(size=(m, n)).astype(np.float32)  # [M, N]
+    team = np.where(rng.random(m) < 0.3, rng.random(m), 0.0).astype(np.float32)  # [M], mostly unrewarded
+    episode = rng.choice([7, 3, 11, 42], size=m)  # [M] ids, rows interleaved
+    credits[episode == 11] = np.array([2.0, -1.0, -1.0], np.float32)  # a zero-sum episode
+    got = rescale_credits(credits, team, episode, "episode")
+    assert got.dtype == np.float32 and got.shape == (m, n)
+    for e in np.unique(episode):
+        rows = episode == e
+        c, ret = credits[rows].astype(np.float64), float(team[rows].sum(dtype=np.float64))
+        want = np.full_like(c, ret / c.size) if abs(c.sum()) <= 1e-6 else c * (ret / c.sum())
+        np.testing.assert_allclose(got[rows], want, rtol=1e-5, atol=1e-6)
+        assert got[rows].sum(dtype=np.float64) == pytest.approx(ret, abs=1e-5)
+    single = rescale_credits(credits[episode == 7], team[episode == 7], None, "episode")  # one episode [T, N]
+    np.testing.assert_array_equal(single, got[episode == 7])
+    assert rescale_credits(credits, team, episode, "none") is credits
+    np.testing.assert_array_equal(rescale_credits(credits, team, episode, "step"), normalize_credits(credits, team))
+
+
+def test_unknown_credit_scale_is_a_clear_error(ds: OfflineDataset) -> None:
+    with pytest.raises(ConfigError, match=r"unknown credit_scale 'per-episode'; choose one of none, step, episode"):
+        ds.transitions("credit_shapley", credit_scale="per-episode")
+    with pytest.raises(ConfigError, match="normalize=True is now 'step'"):
+        ds.transitions("credit_shapley", "cpu", True)  # type: ignore[arg-type]  # the old positional normalize
+    with pytest.raises(ValueError, match="none, step, episode"):
+        ds.to_d3rlpy(agent=0, credit_scale="Episode")
+    with pytest.raises(ValueError, match="none, step, episode"):
+        rescale_credits(np.zeros((2, 2), np.float32), np.zeros(2, np.float32), None, "return")
 
 
 @pytest.mark.parametrize("length", [1, 7, 60])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,9 +11,10 @@ import typer
 from match_env import MatchEnv
 from typer.testing import CliRunner
 
-from llmca_data.baselines.curves import aggregate
+from llmca_data.baselines.curves import aggregate, read_curve
 from llmca_data.baselines.evaluate import evaluate_run
 from llmca_data.baselines.online import OnlineConfig, train_online
+from llmca_data.baselines.policy import RunError
 from llmca_data.cli import main
 from llmca_data.cli.online import plot_cmd, train_online_cmd
 from llmca_data.errors import LlmcaError
@@ -35,38 +37,79 @@ def test_train_online_command_writes_an_evaluable_run(tmp_path: Path) -> None:
     assert json.loads((run / "config.json").read_text())["hidden"] == [16]
     assert evaluate_run(run)["algo"] == "ddqn-online"
     help_text = CliRunner().invoke(app, ["train-online", "--help"]).output
-    assert "--critic-every" in help_text and "llm-taca" in help_text and "--normalize-credits" in help_text
+    assert "--critic-every" in help_text and "llm-taca" in help_text
+    assert "--credit-scale" in help_text and "none | step | episode" in help_text
+    assert json.loads((run / "config.json").read_text())["credit_scale"] == "none"
 
-    changed = CliRunner().invoke(app, [*args, "--normalize-credits"])  # another reward: refused, run kept
-    assert changed.exit_code != 0 and "normalize_credits: False → True" in str(changed.exception)
+    changed = CliRunner().invoke(app, [*args, "--credit-scale", "episode"])  # another reward: refused, run kept
+    assert changed.exit_code != 0 and "credit_scale: 'none' → 'episode'" in str(changed.exception)
+    changed = CliRunner().invoke(app, [*args, "--normalize-credits"])  # the deprecated alias of step
+    assert changed.exit_code != 0 and "credit_scale: 'none' → 'step'" in str(changed.exception)
+    bad = CliRunner().invoke(app, [*args, "--credit-scale", "per-episode"])
+    assert bad.exit_code != 0 and "'credit_scale' must be one of 'none', 'step', 'episode'" in str(bad.exception)
+    both = CliRunner().invoke(app, [*args, "--normalize-credits", "--credit-scale", "episode"])
+    assert both.exit_code == 2 and "drop one of it and --credit-scale episode" in both.output
     config = json.loads((run / "config.json").read_text())
-    del config["normalize_credits"]  # a run written before the field existed: read with its default
+    del config["credit_scale"]  # a run written before the field existed: read with its default
     (run / "config.json").write_text(json.dumps(config))
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
 
 
+def test_an_old_run_with_normalize_credits_resumes_as_step(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    settings = {"critic": "uniform", "episodes": 4, "critic_every": 2, "eval_every": 2, "checkpoint_every": 2,
+                "eval_episodes": 1, "device": "cpu", "hidden": (16,), "learning_starts": 1}  # fmt: skip
+    train_online(OnlineConfig("match-2a", credit_scale="step", **settings), run, env_factory=MatchEnv)
+    config = json.loads((run / "config.json").read_text())
+    del config["credit_scale"]
+    (run / "config.json").write_text(json.dumps({**config, "normalize_credits": True}))  # as older versions wrote it
+    assert OnlineConfig.from_dict(json.loads((run / "config.json").read_text())).credit_scale == "step"
+    more = replace(OnlineConfig("match-2a", credit_scale="step", **settings), episodes=6)
+    assert train_online(more, run, env_factory=MatchEnv).episodes == 6  # resumed: the same config
+    (run / "config.json").write_text(json.dumps({**config, "normalize_credits": True}))
+    with pytest.raises(RunError, match="credit_scale: 'step' → 'episode'"):
+        train_online(replace(more, credit_scale="episode"), run, env_factory=MatchEnv)
+
+
 def test_plot_two_critics_two_seeds(tmp_path: Path) -> None:
     runs = []
-    for critic, normalize in (("team", False), ("uniform", False), ("uniform", True)):
+    for critic, scale in (("team", "none"), ("uniform", "none"), ("uniform", "step")):
         for seed in (0, 1):
-            run = tmp_path / f"{critic}-{normalize}-{seed}"
+            run = tmp_path / f"{critic}-{scale}-{seed}"
             config = OnlineConfig("match-2a", critic=critic, seed=seed, episodes=8, critic_every=2, eval_every=2,
                                   checkpoint_every=8, eval_episodes=2, device="cpu", hidden=(16,), learning_starts=8,
-                                  updates_per_step=0.5, normalize_credits=normalize)  # fmt: skip
+                                  updates_per_step=0.5, credit_scale=scale)  # fmt: skip
             train_online(config, run, env_factory=MatchEnv)
             runs.append(str(run))
     groups = aggregate([Path(r) for r in runs], "eval_return", reps=200)
     assert [(g.critic, g.seeds, g.episodes.tolist()) for g in groups] == [
         ("team", 2, [2, 4, 6, 8]),
         ("uniform", 2, [2, 4, 6, 8]),
-        ("uniform+norm", 2, [2, 4, 6, 8]),
+        ("uniform+step", 2, [2, 4, 6, 8]),
     ]
     assert all((g.low <= g.iqm + 1e-9).all() and (g.iqm <= g.high + 1e-9).all() for g in groups)
     out = tmp_path / "plots" / "curves.png"
     result = CliRunner().invoke(app, ["plot", *runs, "--out", str(out), "--metric", "eval_return", "--reps", "200"])
     assert result.exit_code == 0, result.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("config", "label"),
+    [
+        ({}, "uniform"),  # written before credits could be rescaled
+        ({"normalize_credits": False}, "uniform"),
+        ({"normalize_credits": True}, "uniform+step"),  # the older key: step rescaling
+        ({"credit_scale": "none"}, "uniform"),
+        ({"credit_scale": "step"}, "uniform+step"),
+        ({"credit_scale": "episode"}, "uniform+episode"),
+    ],
+)
+def test_curve_labels_name_the_credit_scale(tmp_path: Path, config: dict[str, object], label: str) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"env_id": "match-2a", "critic": "uniform", **config}))
+    (tmp_path / "curve.jsonl").write_text(json.dumps({"episodes": 2, "eval_return": 0.5}) + "\n")
+    assert read_curve(tmp_path, "eval_return") == ("match-2a", label, {2: 0.5})
 
 
 @pytest.mark.parametrize("case", ["offline run", "empty folder", "missing", "bad metric"])

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from fake_openai import FakeOpenAI, responder, status
 from llm_replies import valid_reply_for
-from match_env import MatchEnv
+from match_env import MATCH_REWARD, MatchEnv
 
 from llmca_data.annotation.critic import CriticOutput
 from llmca_data.annotation.llm.config import LLMConfig, TransportConfig
@@ -20,10 +20,12 @@ from llmca_data.annotation.registry import CriticOptions, make_critic
 from llmca_data.baselines.evaluate import EvalConfig, evaluate_policy
 from llmca_data.baselines.online import CURVE, OnlineConfig, train_online
 from llmca_data.baselines.online_io import RUN_DATASET
+from llmca_data.baselines.online_learner import rewards_from
 from llmca_data.baselines.policy import load_config, load_policy
+from llmca_data.config import ConfigError
 from llmca_data.envs.base import MultiAgentEnv
 from llmca_data.loaders import OfflineDataset
-from llmca_data.rollout import Episode
+from llmca_data.rollout import Episode, run_episode
 from llmca_data.schema import from_fsl
 from llmca_data.shards import Manifest, read_shard
 from llmca_data.validate import validate
@@ -128,23 +130,85 @@ class ScaledUniformCritic(CountingCritic):
         return [replace(out, credits=out.credits * 37.0) for out in super().annotate_batch(episodes, env)]
 
 
-def test_normalize_credits_rescales_each_step_to_the_team_reward(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["step", "episode"])
+def test_credit_scale_puts_scaled_credits_on_the_reward_scale(tmp_path: Path, mode: str) -> None:
     settings = {"episodes": 12, "critic_every": 3, "eval_every": 3, "checkpoint_every": 12, **SMALL,
                 "learning_starts": 20, "updates_per_step": 0.5}  # fmt: skip
     uniform = OnlineConfig("match-2a", critic="uniform", **settings)
     train_online(uniform, tmp_path / "uniform", env_factory=MatchEnv)
-    scaled = replace(uniform, normalize_credits=True)
-    train_online(scaled, tmp_path / "normalized", critic=ScaledUniformCritic(), env_factory=MatchEnv)
+    scaled = replace(uniform, credit_scale=mode)
+    train_online(scaled, tmp_path / "scaled", critic=ScaledUniformCritic(), env_factory=MatchEnv)
     train_online(uniform, tmp_path / "raw", critic=ScaledUniformCritic(), env_factory=MatchEnv)
     losses = {name: [r["loss"] for r in curve(tmp_path / name) if r["loss"] is not None]
-              for name in ("uniform", "normalized", "raw")}  # fmt: skip
+              for name in ("uniform", "scaled", "raw")}  # fmt: skip
     assert len(losses["uniform"]) >= 2 and losses["uniform"][-1] > 0
-    assert losses["normalized"] == pytest.approx(losses["uniform"], rel=1e-4), "37× credits, rescaled, are uniform"
+    # 37× uniform credits, rescaled per step or per episode (one factor 1/37), are the uniform ones
+    assert losses["scaled"] == pytest.approx(losses["uniform"], rel=1e-4), "37× credits, rescaled, are uniform"
     assert losses["raw"][-1] > 10 * losses["uniform"][-1], "unscaled, the 37× credits reach the TD targets"
-    stored_credits = from_fsl(stored(tmp_path / "normalized", "steps", "match-2a").column("credit_uniform"), (2,))
-    team = stored(tmp_path / "normalized", "steps", "match-2a").column("reward_team").to_numpy()
+    stored_credits = from_fsl(stored(tmp_path / "scaled", "steps", "match-2a").column("credit_uniform"), (2,))
+    team = stored(tmp_path / "scaled", "steps", "match-2a").column("reward_team").to_numpy()
     np.testing.assert_allclose(stored_credits.sum(1), 37.0 * team, rtol=1e-5)  # the dataset keeps raw credits
-    assert load_config(tmp_path / "normalized")["normalize_credits"] is True
+    assert load_config(tmp_path / "scaled")["credit_scale"] == mode
+
+
+def scripted_episode() -> Episode:
+    """A real ``MatchEnv`` episode whose agents match the target on even steps only: team reward
+    2 × ``MATCH_REWARD`` at t = 0, 2 and none at t = 1, 3."""
+
+    class EvenSteps:
+        policy_id = "even-steps"
+
+        def reset(self, env: MultiAgentEnv, rng: np.random.Generator) -> None:
+            self.t = 0
+
+        def act(self, env: MultiAgentEnv, rng: np.random.Generator) -> np.ndarray:
+            target = np.asarray(env.describe()["targets"])  # [N] this step's targets
+            self.t += 1
+            return target if self.t % 2 else (target + 1) % 3
+
+    return run_episode(MatchEnv(), EvenSteps(), seed=5, tier="replay")
+
+
+def test_rewards_from_each_credit_scale() -> None:
+    episode = scripted_episode()
+    team = episode.reward_team  # [T]
+    np.testing.assert_array_equal(team, [2 * MATCH_REWARD, 0.0, 2 * MATCH_REWARD, 0.0])
+    credits = np.array([[1.0, 0.0], [2.0, 1.0], [0.0, 1.0], [0.5, 0.5]], np.float32)  # [T, N] credit on t = 1, 3 too
+    output = CriticOutput(credits)
+    none, _, fell_back = rewards_from(episode, output, "none")
+    np.testing.assert_array_equal(none, credits)
+    assert not fell_back
+    step, _, _ = rewards_from(episode, output, "step")
+    np.testing.assert_allclose(step, [[0.25, 0.0], [0.0, 0.0], [0.0, 0.25], [0.0, 0.0]])  # t = 1, 3 lose their credit
+    whole, _, _ = rewards_from(episode, output, "episode")
+    np.testing.assert_allclose(whole, credits * (0.5 / 6.0), rtol=1e-6)  # one factor: return 0.5 / credit total 6
+    assert whole.dtype == np.float32 and whole.sum() == pytest.approx(episode.return_team, abs=1e-6)
+    assert (whole[[1, 3]] != 0).any(axis=1).all(), "unrewarded steps that led to reward keep credit"
+    even, _, _ = rewards_from(episode, CriticOutput(np.array([[1, -1]] * 4, np.float32)), "episode")
+    np.testing.assert_allclose(even, np.full((4, 2), 0.5 / 8))  # zero-sum credits: return / (T·N)
+    for mode in ("none", "step", "episode"):  # no critic, or a failed one: the team reward, unscaled
+        np.testing.assert_array_equal(rewards_from(episode, None, mode)[0], np.repeat(team[:, None], 2, 1))
+        failed, _, fell_back = rewards_from(episode, CriticOutput.failed(4, 2, "bad reply"), mode)
+        np.testing.assert_array_equal(failed, np.repeat(team[:, None], 2, 1))
+        assert fell_back
+    with pytest.raises(ConfigError, match="none, step, episode"):
+        rewards_from(episode, None, "per-episode")
+
+
+def test_online_config_credit_scale_is_checked_and_reads_the_old_key() -> None:
+    assert OnlineConfig("match-2a").credit_scale == "none"
+    with pytest.raises(ConfigError, match="none, step, episode"):
+        OnlineConfig("match-2a", credit_scale="steps")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'credit_scale' must be one of 'none', 'step', 'episode'"):
+        OnlineConfig.from_dict({"env_id": "match-2a", "credit_scale": "Step"}, strict=True)
+    # a run's config.json written before credit_scale existed
+    assert OnlineConfig.from_dict({"env_id": "match-2a", "normalize_credits": True}).credit_scale == "step"
+    assert OnlineConfig.from_dict({"env_id": "match-2a", "normalize_credits": False}).credit_scale == "none"
+    assert OnlineConfig.from_dict({"env_id": "match-2a", "normalize_credits": True}, strict=True).credit_scale == "step"
+    with pytest.raises(ConfigError, match="drop normalize_credits"):
+        OnlineConfig.from_dict({"env_id": "match-2a", "normalize_credits": True, "credit_scale": "episode"})
+    with pytest.raises(ConfigError, match=r"'normalize_credits' .* must be bool"):
+        OnlineConfig.from_dict({"env_id": "match-2a", "normalize_credits": "yes"}, strict=True)
 
 
 def llm_config(fake: FakeOpenAI, critic: str, **overrides: Any) -> OnlineConfig:
