@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +42,9 @@ from llmca_data.schema import annotations_schema, credit_column, from_fsl
 from llmca_data.tables import tables_to_episodes
 
 from .critic import Critic, CriticOutput, run_critic
+
+if TYPE_CHECKING:
+    from .llm.critic import LLMCritic
 
 log = logging.getLogger(__name__)
 
@@ -268,3 +271,22 @@ def annotation_rows(critic: Critic, episodes: list[Episode], outputs: list[Criti
         "raw_response": [o.raw_response for o in outputs],
     }
     return pa.table(data, schema=annotations_schema(spec))
+
+
+def llm_dry_run(
+    root: Path,
+    critic: LLMCritic,
+    envs: tuple[str, ...] = (),
+    tiers: tuple[str, ...] = (),
+    limit: int = 0,
+    force: bool = False,
+) -> dict[str, float]:
+    """What ``annotate`` would send: requests, cached ones, prompt tokens and cost; sends nothing."""
+    totals: dict[str, float] = {"episodes": 0, "requests": 0, "cached": 0, "prompt_tokens": 0,
+                                "max_output_tokens": 0, "estimated_cost_usd": 0.0}  # fmt: skip
+    for spec, episodes in plan_episodes(root, critic.critic_id, envs, tiers, force, limit):
+        requests, _ = critic.plan(episodes, make_env(spec.env_id, **spec.kwargs))
+        totals["episodes"] += len(episodes)
+        for key, value in critic.estimate(requests).items():
+            totals[key] += value
+    return totals

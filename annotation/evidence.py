@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 
 from llmca_data.envs import env_spec
+from llmca_data.envs.base import MultiAgentEnv
 from llmca_data.envs.ids import EnvId
+from llmca_data.rollout import Episode, replay_iter
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,14 @@ def step_events(
     """The reward events of one step of ``env_id`` (``before``/``after``: ``describe()`` around it)."""
     names = [env_spec(env_id).action_names[int(a)] for a in np.asarray(action).reshape(-1)]
     return _EVENTS[EnvId.parse(env_id).family](before, after, names)
+
+
+def replay_describes(episode: Episode, env: MultiAgentEnv) -> list[dict[str, Any]]:
+    """``describe()`` before every step of ``episode`` and once after its last (T + 1 entries),
+    replayed in ``env`` (``ReplayMismatchError`` when the env does not reproduce it)."""
+    describes = [live.describe() for _, live in replay_iter(episode, env)]
+    describes.append(env.describe())  # the replay has run to the end
+    return describes
 
 
 def episode_events(env_id: str, describes: Sequence[Mapping[str, Any]], actions: np.ndarray) -> list[list[Event]]:

@@ -1,7 +1,8 @@
 """Credits computed elsewhere, imported under a critic id of the user's choosing.
 
 Input: a Parquet file with columns ``episode_id`` (int), ``t`` (int) and ``credit`` (a list
-of N floats per row), keyed by (``episode_id``, ``t``). Output: a ``Critic`` that serves those
+of N floats per row, N the agents of that row's env, so one file may cover envs with different
+agent counts), keyed by (``episode_id``, ``t``). Output: a ``Critic`` that serves those
 credits to ``annotate``; ``check_coverage`` first proves the file covers every step of the
 episodes to annotate, so nothing is written from an incomplete file.
 """
@@ -70,15 +71,12 @@ class ImportedCritic:
         table = table.sort_by([("episode_id", "ascending"), ("t", "ascending")])
         self._ids = table.column("episode_id").to_numpy().astype(np.int64)  # [M]
         self._t = table.column("t").to_numpy().astype(np.int64)  # [M]
-        lengths = pc.list_value_length(table.column("credit")).to_numpy(zero_copy_only=False)
-        if lengths.size and (lengths.min() != lengths.max()):
-            raise CreditFileError(
-                f"{path}: every credit list must have N entries; found lengths {sorted(set(lengths))}"
-            )
-        n = int(lengths[0]) if lengths.size else 0
+        # Rows may differ in length between episodes (envs with other agent counts); each episode's
+        # rows must all have its N entries, which ``annotate`` checks.
+        self._lengths = pc.list_value_length(table.column("credit")).to_numpy(zero_copy_only=False).astype(np.int64)
+        self._starts = np.concatenate([[0], np.cumsum(self._lengths)])  # [M + 1] offsets into the values
         with np.errstate(over="ignore"):  # beyond float32: inf, which fails its episode in stored_output
-            flat = pc.list_flatten(table.column("credit")).to_numpy(zero_copy_only=False).astype(np.float32)
-        self._credits = flat.reshape(-1, n) if n else np.zeros((0, 0), np.float32)  # [M, N]
+            self._values = pc.list_flatten(table.column("credit")).to_numpy(zero_copy_only=False).astype(np.float32)
 
     def params(self) -> dict[str, Any]:
         return {"type": "imported", "file": str(self.path)}
@@ -112,10 +110,16 @@ class ImportedCritic:
 
     def annotate(self, episode: Episode, env: MultiAgentEnv | None = None) -> CriticOutput:
         lo, hi = np.searchsorted(self._ids, [episode.episode_id, episode.episode_id + 1])
-        credits = self._credits[lo:hi]
         n = episode.reward_env.shape[1]
-        if credits.shape != (episode.length, n):
+        lengths = sorted(set(self._lengths[lo:hi].tolist()))
+        if hi - lo != episode.length or lengths not in ([], [n]):
             return CriticOutput.failed(
-                episode.length, n, f"imported credits have shape {credits.shape}, need ({episode.length}, {n})"
+                episode.length, n, f"imported credits have {hi - lo} rows of {'/'.join(map(str, lengths)) or 0} "
+                f"values, need {episode.length} rows of {n}",
+            )  # fmt: skip
+        if (self._t[lo:hi] != np.arange(episode.length)).any():
+            return CriticOutput.failed(
+                episode.length, n, f"imported credits must have one row for each t = 0..{episode.length - 1}"
             )
+        credits = self._values[self._starts[lo] : self._starts[hi]].reshape(episode.length, n)  # [T, N]
         return CriticOutput(credits.copy())

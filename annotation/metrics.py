@@ -51,6 +51,13 @@ Steps
     (``episode_pairs`` pairs). None when there are fewer than 2 pairs or either side is
     constant (max − min ≤ tol).
 
+``step_pearson``
+    The Pearson correlation of the critic's and the reference's credits over every usable
+    (step, agent) cell, rewarded or not (``step_pairs`` cells). Only this metric sees *where in
+    time* credit goes: a critic that credits the steps leading to a reward agrees with a temporal
+    reference (``counterfactual-h<H>``) here, while on rewarded steps and episode totals a
+    structural critic scores the same. None as for ``episode_total_pearson``.
+
 ``coverage``
     The share of episodes (distinct ``episode_id`` over all M steps, ``episodes``) where the
     critic has no NaN (or ±inf) credit on any step (``episodes_covered``). The reference
@@ -70,6 +77,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -97,6 +105,8 @@ class CreditScores:
     unscaled_steps: int
     episode_total_pearson: float | None
     episode_pairs: int
+    step_pearson: float | None
+    step_pairs: int
     coverage: float | None
     episodes: int
     episodes_covered: int
@@ -130,6 +140,8 @@ class CreditTally:
     episodes_covered: int = 0
     totals_critic: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [episode_pairs]
     totals_reference: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [episode_pairs]
+    cells_critic: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [step_pairs]
+    cells_reference: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [step_pairs]
 
     def scores(self) -> CreditScores:
         """The rates of this tally (None where a denominator is 0)."""
@@ -151,6 +163,8 @@ class CreditTally:
             unscaled_steps=self.unscaled_steps,
             episode_total_pearson=_pearson(self.totals_critic, self.totals_reference, self.tol),
             episode_pairs=len(self.totals_critic),
+            step_pearson=_pearson(self.cells_critic, self.cells_reference, self.tol),
+            step_pairs=len(self.cells_critic),
             coverage=_rate(self.episodes_covered, self.episodes),
             episodes=self.episodes,
             episodes_covered=self.episodes_covered,
@@ -259,6 +273,8 @@ def tally_credits(
         episodes_covered=len(episodes) - len(uncovered),
         totals_critic=totals_c.reshape(-1),
         totals_reference=totals_r.reshape(-1),
+        cells_critic=c[usable].reshape(-1),
+        cells_reference=r[usable].reshape(-1),
     )
 
 
@@ -273,17 +289,16 @@ def combine_tallies(tallies: Sequence[CreditTally]) -> CreditTally:
     tols = {t.tol for t in tallies}
     if len(tols) > 1:
         raise ValueError(f"cannot pool tallies made with different tolerances {sorted(tols)}")
-    counts = {
-        name: sum(getattr(t, name) for t in tallies)
-        for name in CreditTally.__dataclass_fields__
-        if name not in ("tol", "totals_critic", "totals_reference")
-    }
-    return CreditTally(
-        tol=tallies[0].tol,
-        totals_critic=np.concatenate([t.totals_critic for t in tallies]),
-        totals_reference=np.concatenate([t.totals_reference for t in tallies]),
-        **counts,
-    )
+    fields: dict[str, Any] = {
+        name: np.concatenate([getattr(t, name) for t in tallies]) if name in _ARRAYS
+        else sum(getattr(t, name) for t in tallies)
+        for name in CreditTally.__dataclass_fields__ if name != "tol"
+    }  # fmt: skip
+    return CreditTally(tol=tallies[0].tol, **fields)
+
+
+_ARRAYS = ("totals_critic", "totals_reference", "cells_critic", "cells_reference")
+"""``CreditTally``'s fields that are pooled by concatenation; the rest (but ``tol``) by addition."""
 
 
 def _sign(x: np.ndarray, tol: float) -> np.ndarray:

@@ -34,6 +34,7 @@ import numpy as np
 from llmca_data.baselines.evaluate import PROTOCOL_VERSION
 from llmca_data.extras import require
 
+from .escape import md_escape
 from .statistics import EntryStats, StatsConfig, TaskStats, aggregate, load_results, stats_to_json
 
 MARKDOWN_FILE = "leaderboard.md"
@@ -44,9 +45,6 @@ COLUMNS = ("rank", "submission", "team", "algorithm", "act", "seeds", "mean ± s
            "mean [95% CI]", "P(> BC) [95% CI]", "flags")  # fmt: skip
 SUBMITTED = frozenset({"submission", "team", "algorithm"})
 """Columns that hold text a submitter chose."""
-_MD_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
-_MD_KEPT = frozenset("-+")
-"""ASCII punctuation left as is: neither starts an inline construct inside a table cell."""
 
 
 @dataclass(frozen=True)
@@ -68,29 +66,6 @@ def fmt(value: float) -> str:
 def fmt_interval(ci: tuple[float, float] | None) -> str:
     """A confidence interval as shown in every table: ``[lo, hi]``."""
     return "—" if ci is None else f"[{fmt(ci[0])}, {fmt(ci[1])}]"
-
-
-def md_escape(text: str) -> str:
-    """``text`` as literal characters in a markdown table cell (CommonMark / GitHub flavour).
-
-    ``&``, ``<`` and ``>`` become entities (no HTML); every other ASCII punctuation character but
-    ``-`` and ``+`` is backslash-escaped — links, images, emphasis, code, ``|`` and GitHub's
-    ``www.`` / ``https:`` autolinks all need one — except ``_`` inside a word, which cannot
-    delimit emphasis (``credit_shapley`` stays readable). Control characters become spaces.
-    """
-    out = []
-    for i, ch in enumerate(text):
-        punctuation = ch.isascii() and not ch.isalnum() and not ch.isspace() and ch not in _MD_KEPT
-        intraword = ch == "_" and 0 < i < len(text) - 1 and text[i - 1].isalnum() and text[i + 1].isalnum()
-        if ch in _MD_ENTITIES:
-            out.append(_MD_ENTITIES[ch])
-        elif not ch.isprintable():
-            out.append(" ")
-        elif punctuation and not intraword:
-            out.append("\\" + ch)
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def row_cells(rank: int, e: EntryStats) -> list[str]:

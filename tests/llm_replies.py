@@ -34,9 +34,9 @@ AGENT_ORDER = re.compile(r"agents ([\w-]+(?:, [\w-]+)*) in this order")
 """The answer cue names the agents in the order the reply must list them."""
 TASK_RANGE = re.compile(r"_j it should work on (?:in that segment )?\((-?\d+)\.\.(\d+)\)")
 """LLM-TACA's task sentence states the allowed indices, e.g. ``(0..1)``."""
-SHARES_CUE = re.compile(r'agents ([\w-]+(?:, [\w-]+)*) in this order.*?"rewards" for (none|t=\d+(?:, t=\d+)*)')
+SHARES_CUE = re.compile(r'agents ([\w-]+(?:, [\w-]+)*) in this order; "shares" for (none|t=\d+(?:, t=\d+)*)')
 """The shares form's answer cue: the agents, then the rewarded steps to answer (``t=5, t=12``)."""
-SEGMENTS = re.compile(r"and (\d+) tasks \(segments")
+SEGMENTS = re.compile(r"tasks for segments (t=\d+\.\.\d+(?:, t=\d+\.\.\d+)*)")
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,13 @@ def parse_request(body: dict[str, Any]) -> Asked:
     if task_range is not None:
         n_tasks = int(task_range.group(2)) + 1
     schema = _schema(body)
-    if schema is not None:
+    if schema is not None and "rationales" in schema["properties"]:  # the shares form
+        if tuple(schema["properties"]["rationales"]["properties"]) != agent_ids:
+            raise ValueError("schema and prompt disagree on the agents")
+        if "tasks" in schema["properties"]:
+            first = next(iter(schema["properties"]["tasks"]["properties"].values()))
+            n_tasks = int(first["items"]["maximum"]) + 1 if "maximum" in first["items"] else n_tasks
+    elif schema is not None:
         agent = _schema_agents(schema)
         if tuple(agent["properties"]["agent_id"]["enum"]) != agent_ids:
             raise ValueError("schema and prompt disagree on the agents")
@@ -228,7 +234,8 @@ def shares_asked(body: dict[str, Any]) -> tuple[tuple[str, ...], tuple[int, ...]
         return None
     steps = () if cue.group(2) == "none" else tuple(int(t) for t in re.findall(r"t=(\d+)", cue.group(2)))
     segments = SEGMENTS.search(text)
-    return tuple(cue.group(1).split(", ")), steps, int(segments.group(1)) if segments else 0, "enablers [" in text
+    count = len(segments.group(1).split(", ")) if segments else 0
+    return tuple(cue.group(1).split(", ")), steps, count, "enablers per reward" in text
 
 
 def valid_shares_reply_object(body: dict[str, Any]) -> dict[str, Any]:
@@ -239,19 +246,15 @@ def valid_shares_reply_object(body: dict[str, Any]) -> dict[str, Any]:
     agent_ids, steps, segments, enablers = asked
     episode = parse_request(body).episodes[0]
     targets = parse_request(body).n_tasks or 1
-    agents = []
-    for i, agent_id in enumerate(agent_ids):
-        entry: dict[str, Any] = {"agent_id": agent_id, "rationale": rationale_text(agent_id, episode)[:150]}
-        if segments:
-            entry["tasks"] = [task_value(episode.episode_id, k, i, targets) for k in range(segments)]
-        agents.append(entry)
-    rewards = []
-    for t in steps:
-        entry = {"t": t, "shares": [share_value(episode.episode_id, t, i) for i in range(len(agent_ids))]}
-        if enablers:
-            entry["enablers"] = [[episode.t0, agent_ids[0]]] if t > episode.t0 else []
-        rewards.append(entry)
-    return {"agents": agents, "rewards": rewards, "summary": summary_text(episode)}
+    reply: dict[str, Any] = {"rationales": {a: rationale_text(a, episode)[:80] for a in agent_ids}}
+    if segments:
+        reply["tasks"] = {a: [task_value(episode.episode_id, k, i, targets) for k in range(segments)]
+                          for i, a in enumerate(agent_ids)}  # fmt: skip
+    reply["shares"] = {str(t): [share_value(episode.episode_id, t, i) for i in range(len(agent_ids))] for t in steps}
+    if enablers:
+        reply["enablers"] = {str(t): [[episode.t0, agent_ids[0]]] if t > episode.t0 else [] for t in steps}
+    reply["summary"] = summary_text(episode)
+    return reply
 
 
 def valid_reply_for(

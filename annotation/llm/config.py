@@ -14,8 +14,13 @@ from llmca_data.config import ConfigError, JsonConfig, bounded
 
 RESPONSE_FORMATS = ("grammar", "json_object", "json_schema", "none")
 TEAM_REWARDS = ("true", "delayed", "noisy")
-LLM_CRITICS = ("llm-mca", "llm-taca", "llm-mca-shares", "llm-taca-shares", "llm-mca-temporal")
-"""The dense form (one number per agent and step, the paper's) and the shares form (DESIGN §5)."""
+LOCAL_MODELS = ("smollm2-135m", "gemma3-270m")
+"""The embedded server's models (``server.EMBEDDED_MODELS`` says how each is found and served)."""
+DEFAULT_LOCAL_MODEL = LOCAL_MODELS[0]
+SHARES_CRITICS = ("llm-mca-shares", "llm-taca-shares", "llm-mca-temporal")
+"""The shares form (DESIGN §5): integer percent shares of each rewarded step, compact lines."""
+LLM_CRITICS = ("llm-mca", "llm-taca", *SHARES_CRITICS)
+"""The dense form (one number per agent and step, the paper's) and the shares form."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,9 @@ class LLMConfig(JsonConfig):
     """An OpenAI-compatible endpoint; empty starts the embedded llama.cpp server."""
     model: str = ""
     """The model name sent with requests; empty = the embedded server's alias."""
+    local_model: str = DEFAULT_LOCAL_MODEL
+    """The embedded server's model (one of ``LOCAL_MODELS``), only without ``base_url``:
+    ``smollm2-135m`` (the default, in the local-llm extra) or ``gemma3-270m`` (the gemma extra)."""
     response_format: str = "grammar"
     """grammar (llama.cpp GBNF), json_object (+schema, llama-cpp-python), json_schema (OpenAI), none."""
     temperature: float = bounded(0.0, 0.0, 2.0)
@@ -89,6 +97,11 @@ class LLMConfig(JsonConfig):
             raise ConfigError(
                 f"--response-format must be one of {', '.join(RESPONSE_FORMATS)}, got {self.response_format!r}"
             )
+        if self.local_model not in LOCAL_MODELS:
+            raise ConfigError(f"--local-model must be one of {', '.join(LOCAL_MODELS)}, got {self.local_model!r}")
+        if self.base_url and self.local_model != DEFAULT_LOCAL_MODEL:
+            raise ConfigError(f"--local-model {self.local_model} picks the embedded server's model; with "
+                              "--base-url no embedded server runs: drop one of them")  # fmt: skip
         if self.team_reward not in TEAM_REWARDS:
             raise ConfigError(f"--team-reward must be one of {', '.join(TEAM_REWARDS)}, got {self.team_reward!r}")
         if self.shares and self.team_reward == "noisy":
@@ -108,7 +121,7 @@ class LLMConfig(JsonConfig):
     @property
     def shares(self) -> bool:
         """The shares form: percent shares of each rewarded step (DESIGN §5), not one number per step."""
-        return self.critic in ("llm-mca-shares", "llm-taca-shares", "llm-mca-temporal")
+        return self.critic in SHARES_CRITICS
 
     @property
     def enablers(self) -> bool:

@@ -21,19 +21,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llmca_data.envs.base import MultiAgentEnv
 from llmca_data.errors import ReplayMismatchError
-from llmca_data.rollout import Episode, replay_iter
+from llmca_data.rollout import Episode
 
 from ..critic import CriticOutput
-from ..evidence import episode_events, evidence_text
+from ..evidence import episode_events, evidence_text, replay_describes
 from .cache import CachedReply, ReplyCache, request_key
 from .client import ClientConfig, LLMClient, LLMRequestError
+from .compact import render_compact
 from .config import LLMConfig
 from .prompt import (
     build_messages,
@@ -46,7 +46,7 @@ from .prompt import (
     windows,
 )
 from .reply import ReplyError, parse_reply, reply_grammar, reply_json_schema
-from .server import LocalLLMServer, LocalServerConfig
+from .server import LocalLLMServer, server_config
 from .shares import (
     SharesQuery,
     max_tokens_shares,
@@ -111,7 +111,7 @@ class LLMCritic:
         self.critic_id = config.critic_id
         self.cache = cache if cache is not None else ReplyCache()
         self._server: LocalLLMServer | None = None
-        self._embedded = None if config.base_url else LocalLLMServer(LocalServerConfig())
+        self._embedded = None if config.base_url else LocalLLMServer(server_config(config.local_model))
         self.model = config.model or (self._embedded.model if self._embedded else "")
         if not self.model:
             raise ValueError("--model is required with --base-url")
@@ -135,7 +135,7 @@ class LLMCritic:
         requests: list[_Request] = []
         for episode in episodes:
             try:
-                describes = [live.describe() for _, live in replay_iter(episode, env)]
+                describes = replay_describes(episode, env)  # [T + 1]: the last after the final step
             except ReplayMismatchError as exc:
                 errors[episode.episode_id] = str(exc)
                 continue
@@ -144,17 +144,20 @@ class LLMCritic:
                                       episode_id=episode.episode_id)  # fmt: skip  # [T]
             events: list[str] | None = None
             if cfg.shares:  # the evidence of every step with an event or a shown reward
-                found = episode_events(spec.env_id, [*describes, env.describe()], episode.action)
+                found = episode_events(spec.env_id, describes, episode.action)
                 events = [evidence_text(e) if e or abs(r) > 0 else "" for e, r in zip(found, shown, strict=True)]
             spans = windows(episode.length, cfg.max_window)
             for t0, t1 in spans:
                 item = _Item(episode, t0, t1, describes[0])
-                item.rendered = render_episode(
-                    spec.env_id, describes[t0:t1], episode.action[t0:t1], reward[t0:t1],
-                    episode_id=episode.episode_id, t0=t0, team_reward=cfg.team_reward, noise_std=cfg.noise_std,
-                    noise_seed=cfg.noise_seed, reward_episode=reward, events=None if events is None else events[t0:t1],
-                )  # fmt: skip
-                if cfg.shares:
+                if events is None:
+                    item.rendered = render_episode(
+                        spec.env_id, describes[t0:t1], episode.action[t0:t1], reward[t0:t1],
+                        episode_id=episode.episode_id, t0=t0, team_reward=cfg.team_reward, noise_std=cfg.noise_std,
+                        noise_seed=cfg.noise_seed, reward_episode=reward,
+                    )  # fmt: skip
+                else:
+                    item.rendered = render_compact(spec.env_id, describes[t0:t1], episode.action[t0:t1], shown[t0:t1],
+                                                   events[t0:t1], episode_id=episode.episode_id, t0=t0)  # fmt: skip
                     item.query = shares_query(
                         episode.episode_id, t0, shown[t0:t1], with_tasks=cfg.with_tasks, enablers=cfg.enablers,
                         n_tasks=n_task_targets(describes[0]) if cfg.with_tasks else None,
@@ -391,26 +394,3 @@ class LLMCritic:
             cost_usd=sum(p[3]["cost_usd"] for p in parts),
             raw_response="\n---\n".join(raw),
         )
-
-
-def dry_run(
-    root: Path,
-    critic: LLMCritic,
-    envs: tuple[str, ...] = (),
-    tiers: tuple[str, ...] = (),
-    limit: int = 0,
-    force: bool = False,
-) -> dict[str, float]:
-    """What ``annotate`` would send: requests, cached ones, prompt tokens and cost; sends nothing."""
-    from llmca_data.envs import make_env
-
-    from ..annotate import plan_episodes
-
-    totals: dict[str, float] = {"episodes": 0, "requests": 0, "cached": 0, "prompt_tokens": 0,
-                                "max_output_tokens": 0, "estimated_cost_usd": 0.0}  # fmt: skip
-    for spec, episodes in plan_episodes(root, critic.critic_id, envs, tiers, force, limit):
-        requests, _ = critic.plan(episodes, make_env(spec.env_id, **spec.kwargs))
-        totals["episodes"] += len(episodes)
-        for key, value in critic.estimate(requests).items():
-            totals[key] += value
-    return totals

@@ -43,7 +43,7 @@ import numpy as np
 from llmca_data.envs import env_spec
 from llmca_data.envs.ids import EnvId
 
-from .config import LLM_CRITICS
+from .config import LLM_CRITICS, SHARES_CRITICS
 from .reply import RATIONALE_MAX_CHARS, SUMMARY_MAX_CHARS
 
 TEMPLATE_DIR: Path = Path(__file__).parent / "templates"
@@ -89,11 +89,17 @@ def _check_critic(critic: str) -> None:
         raise ValueError(f"unknown LLM critic {critic!r}: expected one of {', '.join(CRITICS)}")
 
 
-def _template_names(env_id: str, critic: str) -> tuple[str, str, str, str]:
+def _template_names(env_id: str, critic: str) -> tuple[str, str, str, str, str]:
+    """``p_env``, ``p_desc`` (two files: the input in general, the family's line format), ``p_defn``, ``p_task``.
+
+    The dense form's lines are ``render_episode``'s, the shares form's ``compact.render_compact``'s.
+    """
     family = _family(env_id)
     _check_critic(critic)
     task = critic.removeprefix("llm-").replace("-", "_")
-    return f"env_{family}.txt", "desc.txt", f"defn_{family}.txt", f"task_{task}.txt"
+    if critic in SHARES_CRITICS:
+        return f"env_{family}.txt", "desc_compact.txt", f"compact_{family}.txt", "defn_shares.txt", f"task_{task}.txt"
+    return f"env_{family}.txt", "desc.txt", f"lines_{family}.txt", f"defn_{family}.txt", f"task_{task}.txt"
 
 
 def _read_templates(env_id: str, critic: str, template_dir: Path | None) -> dict[str, str]:
@@ -216,7 +222,6 @@ def render_episode(
     noise_std: float = 0.0,
     noise_seed: int = 0,
     reward_episode: np.ndarray | None = None,
-    events: Sequence[str] | None = None,
 ) -> RenderedEpisode:
     """Render steps ``t0 .. t0 + T - 1`` of an episode as one line per timestep.
 
@@ -234,9 +239,6 @@ def render_episode(
         reward_episode: the team rewards of the whole episode ``float[T_episode]`` when this
             window is part of a longer episode and ``team_reward`` is not ``true``; by default
             the window is taken to be the whole episode.
-        events: the shares form: per step of the window, the evidence of its reward events
-            (``evidence.evidence_text``), printed as `` | event ...`` on the lines where it is not
-            empty.
 
     Raises:
         ValueError: the inputs disagree in length or agent count, or an action is out of range.
@@ -252,8 +254,6 @@ def render_episode(
         )
     if t0 < 0:
         raise ValueError(f"render_episode: t0 must be >= 0, got {t0}")
-    if events is not None and len(events) != length:
-        raise ValueError(f"render_episode: {len(events)} events for {length} steps")
     names = env_spec(env_id).action_names
     if acts.size and (acts.min() < 0 or acts.max() >= len(names)):
         raise ValueError(f"render_episode: actions must be in 0..{len(names) - 1} for {env_id}")
@@ -276,8 +276,7 @@ def render_episode(
             )
         r = round(float(shown[k]), 2) + 0.0  # + 0.0 turns -0.0 into 0.0
         joint = " ".join(f"{a}={names[int(i)]}" for a, i in zip(agent_ids, acts[k], strict=True))
-        event = f" | event {events[k]}" if events is not None and events[k] else ""
-        lines.append(f"t={t0 + k} r={r:.2f} | {state(d)} | act {joint}{event}")
+        lines.append(f"t={t0 + k} r={r:.2f} | {state(d)} | act {joint}")
     header = _header(family, describes[0]) if length else ""
     return RenderedEpisode(episode_id=episode_id, t0=t0, length=length, lines=tuple(lines), header=header)
 
@@ -315,10 +314,10 @@ def _static_parts(
     texts = _read_templates(env_id, critic, template_dir)
     fields = _fields(env_id, agent_ids, n_tasks)
     try:
-        env, desc, defn, task = (texts[name].format(**fields).strip() for name in _template_names(env_id, critic))
+        env, desc, lines, defn, task = (texts[n].format(**fields).strip() for n in _template_names(env_id, critic))
     except (KeyError, IndexError, ValueError) as err:
         raise ValueError(f"a prompt template for {env_id}/{critic} does not render: {err!r}") from err
-    return f"{env}\n\n{desc}\n\n{defn}", task
+    return f"{env}\n\n{desc}\n{lines}\n\n{defn}", task
 
 
 def static_prompt(

@@ -37,6 +37,8 @@ from typing import Any, TypeVar
 
 from llmca_data.errors import LlmcaError
 
+from .gbnf import gbnf_literal, task_rule, text_rules
+
 RATIONALE_MAX_CHARS = 200
 """Longest rationale the grammar allows and the parser accepts (characters)."""
 SUMMARY_MAX_CHARS = 300
@@ -333,17 +335,6 @@ def reply_json_schema(
             "additionalProperties": False}  # fmt: skip
 
 
-def gbnf_literal(text: str) -> str:
-    """A GBNF string literal matching exactly ``text``."""
-
-    def escape(ch: str) -> str:
-        if ch in '"\\':
-            return "\\" + ch
-        return f"\\x{ord(ch):02X}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch
-
-    return '"' + "".join(escape(ch) for ch in text) + '"'
-
-
 def reply_grammar(
     agent_ids: Sequence[str], episodes: Sequence[tuple[int, int]], with_tasks: bool, n_tasks: int | None
 ) -> str:
@@ -385,20 +376,3 @@ def reply_grammar(
     lines += [f"{name} ::= {body}" for name, body in rules.items()]
     lines.append('num ::= "-"? ("0" | [1-9] [0-9]{0,2}) ("." [0-9]{1,3})?')
     return "\n".join(lines + text_rules(RATIONALE_MAX_CHARS, SUMMARY_MAX_CHARS)) + "\n"
-
-
-def task_rule(n_tasks: int | None) -> str:
-    """The GBNF body of a task integer: −1 or a target index below ``n_tasks``."""
-    if n_tasks is None:
-        return '"-1" | "0" | [1-9] [0-9]{0,5}'
-    return " | ".join(gbnf_literal(str(v)) for v in range(-1, n_tasks))
-
-
-def text_rules(rationale_chars: int, summary_chars: int) -> list[str]:
-    """GBNF rules ``rationale``, ``summary`` (bounded JSON strings without raw newlines) and ``ws``."""
-    return [
-        f'rationale ::= "\\"" char{{0,{rationale_chars}}} "\\""',
-        f'summary ::= "\\"" char{{0,{summary_chars}}} "\\""',
-        'char ::= [^"\\\\\\x00-\\x1F\\x7F] | "\\\\" (["\\\\/bfnrt] | "u" [0-9a-fA-F]{4})',
-        'ws ::= ("\\n" [ ]{0,12} | " ")?',
-    ]

@@ -5,10 +5,11 @@ and what else the critic id asks: tasks per segment, enabling steps) and the mod
 Output: the reply parsed and validated (``SharesReply``), the grammar / JSON schema that admit
 exactly the asked steps and agents, and the credits ``float32[L, N]`` (and tasks) of the window.
 
-Reply (DESIGN.md §5, shares form), rationales first::
+Reply (DESIGN.md §5, shares form), rationales first, keyed by agent id and by rewarded step (a
+third fewer reply tokens than a list of objects, and the small model pays ~15 ms per token)::
 
-    {"agents": [{"agent_id": "agent_0", "rationale": "...", "tasks": [1, 0]}, ...],
-     "rewards": [{"t": 5, "shares": [60, 40], "enablers": [[3, "agent_0"]]}, ...],
+    {"rationales": {"agent_0": "...", "agent_1": "..."}, "tasks": {"agent_0": [1, 0], ...},
+     "shares": {"5": [60, 40], "9": [0, 100]}, "enablers": {"5": [[3, "agent_0"]], "9": []},
      "summary": "..."}
 
 ``tasks`` only for ``llm-taca-shares`` (one per segment: the steps up to and including each rewarded
@@ -33,21 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from .reply import (
-    ReplyError,
-    decode_object,
-    gbnf_literal,
-    get_field,
-    parse_number,
-    parse_task,
-    short_repr,
-    task_rule,
-    text_rules,
-)
+from .gbnf import gbnf_literal, task_rule, text_rules
+from .reply import ReplyError, decode_object, get_field, parse_number, parse_task, short_repr
 
-RATIONALE_MAX_CHARS = 150
+RATIONALE_MAX_CHARS = 80
 """Longest rationale of a shares reply (characters)."""
-SUMMARY_MAX_CHARS = 200
+SUMMARY_MAX_CHARS = 100
 """Longest summary of a shares reply (characters)."""
 ENABLERS_MAX = 3
 """``llm-mca-temporal``: most earlier (t, agent) steps named per reward."""
@@ -128,7 +120,7 @@ def _share(value: Any, where: str) -> tuple[float, bool]:
 
 def _enablers(raw: Any, where: str, t: int, query: SharesQuery, agent_ids: Sequence[str]) -> list[tuple[int, int]]:
     if not isinstance(raw, list) or len(raw) > ENABLERS_MAX:
-        raise ReplyError(f"{where}'enablers' must be a list of at most {ENABLERS_MAX} [step, agent] pairs")
+        raise ReplyError(f"{where}enablers must be a list of at most {ENABLERS_MAX} [step, agent] pairs")
     out = []
     for pair in raw:
         if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], int) and pair[1] in agent_ids):
@@ -139,52 +131,56 @@ def _enablers(raw: Any, where: str, t: int, query: SharesQuery, agent_ids: Seque
     return sorted(set(out))
 
 
+def _keyed(obj: dict[str, Any], key: str, keys: Sequence[str]) -> tuple[dict[str, Any], bool]:
+    """``obj[key]``, an object with exactly ``keys`` (any order: another order is a repair)."""
+    value = get_field(obj, key, "")
+    if not isinstance(value, dict):
+        raise ReplyError(f"{key!r} must be an object keyed by {', '.join(keys) or 'nothing'}, got {short_repr(value)}")
+    missing, extra = [k for k in keys if k not in value], [k for k in value if k not in keys]
+    if missing or extra:
+        raise ReplyError(f"{key!r} must have exactly the keys {', '.join(keys) or '(none)'}; "
+                         f"missing {missing}, unexpected {[short_repr(k) for k in extra[:3]]}")  # fmt: skip
+    return value, list(value) != list(keys)
+
+
 def parse_shares(text: str, query: SharesQuery, agent_ids: Sequence[str]) -> tuple[SharesReply, bool]:
     """Parse and validate a shares reply; raises ``ReplyError`` (to quote in a retry) when unusable."""
     obj, repaired = decode_object(text)
-    entries = get_field(obj, "agents", "", list)
-    by_id: dict[str, dict[str, Any]] = {}
-    for entry in entries:
-        agent_id = entry.get("agent_id") if isinstance(entry, dict) else None
-        if not isinstance(agent_id, str) or agent_id not in agent_ids or agent_id in by_id:
-            raise ReplyError(
-                f"bad or repeated agent entry {short_repr(entry)} (need one per agent: {', '.join(agent_ids)})"
-            )
-        by_id[agent_id] = entry
-    if len(by_id) != len(agent_ids):
-        raise ReplyError(f"missing agent(s) {', '.join(a for a in agent_ids if a not in by_id)}")
-    repaired |= list(by_id) != list(agent_ids)
-    rationales, tasks = [], []
-    segments = len(query.segments())
+    steps = [str(t) for t in query.rewarded]
+    rationales, fixed = _keyed(obj, "rationales", agent_ids)
+    repaired |= fixed
     for agent_id in agent_ids:
-        where = f"{agent_id}: "
-        rationales.append(get_field(by_id[agent_id], "rationale", where, str, RATIONALE_MAX_CHARS))
-        if query.with_tasks:
-            raw = get_field(by_id[agent_id], "tasks", where, list)
+        get_field(rationales, agent_id, "rationales: ", str, RATIONALE_MAX_CHARS)
+    tasks: list[tuple[int, ...]] = []
+    if query.with_tasks:
+        by_agent, fixed = _keyed(obj, "tasks", agent_ids)
+        repaired |= fixed
+        segments = len(query.segments())
+        for agent_id in agent_ids:
+            raw = get_field(by_agent, agent_id, "tasks: ", list)
             if len(raw) != segments:
-                raise ReplyError(f"{where}expected {segments} tasks (one per segment), got {len(raw)}")
-            pairs = [parse_task(v, f"{where}tasks[{k}]", query.n_tasks) for k, v in enumerate(raw)]
-            tasks.append(tuple(v for v, _ in pairs))
-            repaired |= any(fixed for _, fixed in pairs)
-    found: dict[int, RewardShares] = {}
-    for entry in get_field(obj, "rewards", "", list):
-        t = entry.get("t") if isinstance(entry, dict) else None
-        if not isinstance(t, int) or t not in query.rewarded or t in found:
-            raise ReplyError(f"bad or repeated reward entry {short_repr(entry)} (need t = {list(query.rewarded)})")
+                raise ReplyError(f"tasks: {agent_id}: expected {segments} tasks (one per segment), got {len(raw)}")
+            parsed = [parse_task(v, f"tasks: {agent_id}[{k}]", query.n_tasks) for k, v in enumerate(raw)]
+            tasks.append(tuple(v for v, _ in parsed))
+            repaired |= any(fixed for _, fixed in parsed)
+    by_step, fixed = _keyed(obj, "shares", steps)
+    repaired |= fixed
+    named: dict[str, Any] = {}
+    if query.enablers:
+        named, fixed = _keyed(obj, "enablers", steps)
+        repaired |= fixed
+    rewards = []
+    for t, key in zip(query.rewarded, steps, strict=True):
         where = f"t={t}: "
-        raw = get_field(entry, "shares", where, list)
+        raw = get_field(by_step, key, "shares: ", list)
         if len(raw) != len(agent_ids):
             raise ReplyError(f"{where}expected {len(agent_ids)} shares (one per agent), got {len(raw)}")
         shares = [_share(v, f"{where}shares[{i}]") for i, v in enumerate(raw)]
         repaired |= any(fixed for _, fixed in shares)
-        named = _enablers(get_field(entry, "enablers", where), where, t, query, agent_ids) if query.enablers else []
-        found[t] = RewardShares(t, tuple(v for v, _ in shares), tuple(named))
-    missing = [t for t in query.rewarded if t not in found]
-    if missing:
-        raise ReplyError(f"missing reward entries for t = {missing} (one per rewarded step, in order)")
-    repaired |= list(found) != list(query.rewarded)
+        enablers = _enablers(named[key], where, t, query, agent_ids) if query.enablers else []
+        rewards.append(RewardShares(t, tuple(v for v, _ in shares), tuple(enablers)))
     summary = get_field(obj, "summary", "", str, SUMMARY_MAX_CHARS)
-    reply = SharesReply(tuple(rationales), tuple(found[t] for t in query.rewarded),
+    reply = SharesReply(tuple(rationales[a] for a in agent_ids), tuple(rewards),
                         tuple(tasks) if query.with_tasks else None, summary)  # fmt: skip
     return reply, repaired
 
@@ -231,90 +227,81 @@ def shares_credits(
 def shares_grammar(query: SharesQuery, agent_ids: Sequence[str]) -> str:
     """A llama.cpp GBNF grammar accepting exactly the reply to ``query`` (agents and steps in order)."""
     sep = ' ws "," ws '
-    rules: dict[str, str] = {}
 
     def key(name: str) -> str:
-        return gbnf_literal(f'"{name}":')
+        return gbnf_literal(f"{json.dumps(name)}:")
 
-    def listed(items: Sequence[str]) -> str:
-        return '"[" ws ' + sep.join(items) + ' ws "]"' if items else '"[" ws "]"'
+    def keyed(items: Sequence[tuple[str, str]]) -> str:
+        return '"{" ws ' + sep.join(f"{key(k)} ws {v}" for k, v in items) + ' ws "}"' if items else '"{" ws "}"'
 
-    agents = []
-    for i, agent_id in enumerate(agent_ids):
-        parts = [f"{key('agent_id')} ws {gbnf_literal(json.dumps(agent_id))}", f"{key('rationale')} ws rationale"]
-        if query.with_tasks:
-            parts.append(f"{key('tasks')} ws " + listed(["task"] * len(query.segments())))
-        rules[f"agent{i}"] = '"{" ws ' + sep.join(parts) + ' ws "}"'
-        agents.append(f"agent{i}")
-    rewards = []
-    for k, t in enumerate(query.rewarded):
-        parts = [f"{key('t')} ws {gbnf_literal(str(t))}", f"{key('shares')} ws " + listed(["share"] * len(agent_ids))]
-        if query.enablers:
+    def listed(item: str, n: int) -> str:
+        return '"[" ws ' + sep.join([item] * n) + ' ws "]"' if n else '"[" ws "]"'
+
+    steps = [str(t) for t in query.rewarded]
+    rules: dict[str, str] = {}
+    body = [("rationales", keyed([(a, "rationale") for a in agent_ids]))]
+    if query.with_tasks:
+        body.append(("tasks", keyed([(a, listed("task", len(query.segments()))) for a in agent_ids])))
+    body.append(("shares", keyed([(t, listed("share", len(agent_ids))) for t in steps])))
+    if query.enablers:
+        enablers = []
+        for k, t in enumerate(query.rewarded):
             if t > query.t0:
                 rules[f"step{k}"] = " | ".join(gbnf_literal(str(s)) for s in range(query.t0, t))
                 rules[f"enabler{k}"] = f'"[" ws step{k} "," ws agent-id ws "]"'
-                more = f' ("," ws enabler{k}){{0,{ENABLERS_MAX - 1}}}'
-                parts.append(f'{key("enablers")} ws "[" ws (enabler{k}{more})? ws "]"')
+                enablers.append((str(t), f'"[" ws (enabler{k} ("," ws enabler{k}){{0,{ENABLERS_MAX - 1}}})? ws "]"'))
             else:
-                parts.append(f'{key("enablers")} ws "[" ws "]"')
-        rules[f"reward{k}"] = '"{" ws ' + sep.join(parts) + ' ws "}"'
-        rewards.append(f"reward{k}")
-    body = [f"{key('agents')} ws {listed(agents)}", f"{key('rewards')} ws {listed(rewards)}",
-            f"{key('summary')} ws summary"]  # fmt: skip
-    lines = ["root ::= " + '"{" ws ' + sep.join(body) + ' ws "}"']
-    lines += [f"{name} ::= {rule}" for name, rule in rules.items()]
+                enablers.append((str(t), '"[" ws "]"'))
+        body.append(("enablers", keyed(enablers)))
+    body.append(("summary", "summary"))
+    lines = [f"root ::= {keyed(body)}", *(f"{name} ::= {rule}" for name, rule in rules.items())]
     lines.append('share ::= "100" | [1-9] [0-9]? | "0"')
     lines.append("agent-id ::= " + " | ".join(gbnf_literal(json.dumps(a)) for a in agent_ids))
     if query.with_tasks:
         lines.append(f"task ::= {task_rule(query.n_tasks)}")
-    return "\n".join(lines + text_rules(RATIONALE_MAX_CHARS, SUMMARY_MAX_CHARS)) + "\n"
+    return "\n".join(lines + text_rules(RATIONALE_MAX_CHARS, SUMMARY_MAX_CHARS, newlines=False)) + "\n"
 
 
 def shares_json_schema(query: SharesQuery, agent_ids: Sequence[str]) -> dict[str, Any]:
     """A JSON schema of the reply to ``query`` (for ``json_schema`` / ``json_object`` response formats)."""
 
-    def array(items: dict[str, Any], n: int) -> dict[str, Any]:
-        return {"type": "array", "items": items, "minItems": n, "maxItems": n}
+    def array(items: dict[str, Any], n: int | None = None) -> dict[str, Any]:
+        bounds = {"maxItems": ENABLERS_MAX} if n is None else {"minItems": n, "maxItems": n}
+        return {"type": "array", "items": items, **bounds}
 
     def obj(props: dict[str, Any]) -> dict[str, Any]:
         return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
-    agent: dict[str, Any] = {"agent_id": {"type": "string", "enum": list(agent_ids)},
-                             "rationale": {"type": "string", "maxLength": RATIONALE_MAX_CHARS}}  # fmt: skip
+    steps = [str(t) for t in query.rewarded]
+    rationale = {"type": "string", "maxLength": RATIONALE_MAX_CHARS}
+    props: dict[str, Any] = {"rationales": obj({a: rationale for a in agent_ids})}
     if query.with_tasks:
         top = {} if query.n_tasks is None else {"maximum": query.n_tasks - 1}
-        agent["tasks"] = array({"type": "integer", "minimum": -1, **top}, len(query.segments()))
-    share = {"type": "integer", "minimum": 0, "maximum": 100}
-    reward: dict[str, Any] = {"t": {"type": "integer", "enum": list(query.rewarded)},
-                              "shares": array(share, len(agent_ids))}  # fmt: skip
+        task = {"type": "integer", "minimum": -1, **top}
+        props["tasks"] = obj({a: array(task, len(query.segments())) for a in agent_ids})
+    props["shares"] = obj({t: array({"type": "integer", "minimum": 0, "maximum": 100}, len(agent_ids)) for t in steps})
     if query.enablers:
         pair = {"type": "array", "prefixItems": [{"type": "integer", "minimum": query.t0},
                                                  {"type": "string", "enum": list(agent_ids)}]}  # fmt: skip
-        reward["enablers"] = {"type": "array", "items": pair, "maxItems": ENABLERS_MAX}
-    return obj({
-        "agents": array(obj(agent), len(agent_ids)),
-        "rewards": array(obj(reward), len(query.rewarded)),
-        "summary": {"type": "string", "maxLength": SUMMARY_MAX_CHARS},
-    })  # fmt: skip
+        props["enablers"] = obj({t: array(pair) for t in steps})
+    props["summary"] = {"type": "string", "maxLength": SUMMARY_MAX_CHARS}
+    return obj(props)
 
 
 def shares_cue(query: SharesQuery, agent_ids: Sequence[str]) -> str:
     """The closing instruction of a shares request: exactly which agents, steps and segments to answer."""
-    order = ", ".join(agent_ids)
-    steps = ", ".join(f"t={t}" for t in query.rewarded) or "none (answer an empty list)"
-    cue = f"Answer now with one JSON object: agents {order} in this order, each with a rationale"
+    steps = ", ".join(f"t={t}" for t in query.rewarded) or "none (an empty object)"
+    cue = f'Answer with one JSON object: agents {", ".join(agent_ids)} in this order; "shares" for {steps}'
     if query.with_tasks:
-        spans = ", ".join(f"t={a}..{b}" for a, b in query.segments())
-        cue += f" and {len(query.segments())} tasks (segments {spans})"
-    cue += f'; then "rewards" for {steps} in this order, each with {len(agent_ids)} integer shares in percent'
+        cue += "; tasks for segments " + ", ".join(f"t={a}..{b}" for a, b in query.segments())
     if query.enablers:
-        cue += f" and up to {ENABLERS_MAX} enablers [earlier step, agent]"
-    return cue + '; then a "summary".'
+        cue += f"; up to {ENABLERS_MAX} enablers per reward"
+    return cue + "."
 
 
 def max_tokens_shares(query: SharesQuery, n_agents: int) -> int:
     """A ``max_tokens`` that fits a grammar-constrained shares reply to ``query``."""
-    per_agent = math.ceil(RATIONALE_MAX_CHARS / 2.5) + 16 + (3 * len(query.segments()) if query.with_tasks else 0)
-    per_reward = 16 + 4 * n_agents + (14 * ENABLERS_MAX if query.enablers else 0)
+    per_agent = math.ceil(RATIONALE_MAX_CHARS / 2.5) + 8 + (3 * len(query.segments()) + 8 if query.with_tasks else 0)
+    per_reward = 8 + 4 * n_agents + (14 * ENABLERS_MAX + 6 if query.enablers else 0)
     total = n_agents * per_agent + len(query.rewarded) * per_reward + math.ceil(SUMMARY_MAX_CHARS / 2.5) + 24
     return math.ceil(total * 1.1) + 32

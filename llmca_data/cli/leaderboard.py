@@ -94,13 +94,30 @@ def evaluate_cmd(
 
 
 def render_cmd(
-    results_dir: Path = typer.Argument(..., help="Results directory from `llmca leaderboard evaluate`."),
+    results_dir: Path = typer.Argument(
+        None, help="Results directory from `llmca leaderboard evaluate` (optional with --critic-results)."
+    ),
     out: Path = typer.Option(..., "--out", help="Where to write leaderboard.md, index.html and plots/."),
     reps: int = typer.Option(2000, "--reps", min=100, help="Bootstrap replications per interval."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
     baseline: str = typer.Option("bc", "--baseline", help="Algorithm for the probability of improvement."),
+    critic_results: Path = typer.Option(
+        None, "--critic-results", help="Folder of `llmca critic-bench` results JSONs: also write critics.md."
+    ),
 ) -> None:
-    """Aggregate verified results (IQM, 95% stratified-bootstrap CIs, P(improvement)) into tables and plots."""
+    """Aggregate verified results (IQM, 95% stratified-bootstrap CIs, P(improvement)) into tables and plots.
+
+    With --critic-results DIR, also render the critic leaderboard (critics.md: one row per critic
+    and setting of the critic benchmark) into the same --out folder.
+    """
+    if results_dir is None and critic_results is None:
+        raise typer.BadParameter("give RESULTS_DIR, --critic-results DIR, or both")
+    if critic_results is not None:
+        from llmca_data.leaderboard.critics import render_critics
+
+        console.print(f"critic leaderboard → {render_critics(critic_results, out)}")
+    if results_dir is None:
+        return
     from llmca_data.leaderboard.render import render
     from llmca_data.leaderboard.statistics import StatsConfig
 

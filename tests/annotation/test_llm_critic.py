@@ -44,10 +44,11 @@ from llm_replies import (
 from llm_replies import nan_credit as nan_credit_reply
 
 from llmca_data.annotation.annotate import AnnotateResult, annotate
+from llmca_data.annotation.annotate import llm_dry_run as dry_run
 from llmca_data.annotation.critic import STATUSES
 from llmca_data.annotation.llm.cache import ReplyCache
 from llmca_data.annotation.llm.config import TransportConfig
-from llmca_data.annotation.llm.critic import LLMConfig, LLMCritic, dry_run
+from llmca_data.annotation.llm.critic import LLMConfig, LLMCritic
 from llmca_data.annotation.llm.prompt import estimate_tokens, prompt_version
 from llmca_data.annotation.llm.reply import ReplyError, parse_reply
 from llmca_data.schema import from_fsl, fsl

@@ -220,3 +220,20 @@ def test_self_agreement_is_perfect(case: tuple[np.ndarray, np.ndarray, np.ndarra
     assert s.mae_scaled in (None, 0.0)
     for corr in (s.spearman, s.episode_total_pearson):
         assert corr is None or corr == pytest.approx(1.0)
+
+
+def test_step_pearson_sees_where_in_time_credit_goes() -> None:
+    """On rewarded steps and episode totals a structural critic equals a temporal one; only
+    ``step_pearson`` (every step) tells that the temporal one credited the steps before the reward."""
+    reward = np.array([0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0])  # [T]
+    episode = np.zeros(7, int)
+    reference = np.array([[0.2, 0], [0.3, 0], [0, 0], [0.5, 0], [0, 0.4], [0, 0.1], [0, 0.5]])  # [T, 2] h5-like
+    structural = np.array([[0, 0], [0, 0], [0, 0], [1.0, 0], [0, 0], [0, 0], [0, 1.0]])
+    temporal = reference * 1.5
+    plain, timed = (score_credits(c, reference, reward, episode) for c in (structural, temporal))
+    assert plain.top_agent_accuracy == timed.top_agent_accuracy == 1.0
+    assert plain.episode_total_pearson == pytest.approx(timed.episode_total_pearson)
+    assert timed.step_pearson == pytest.approx(1.0) and plain.step_pearson is not None
+    assert plain.step_pearson < 0.8 and timed.step_pairs == plain.step_pairs == 14
+    pooled = combine_tallies([tally_credits(temporal, reference, reward, episode)] * 2).scores()
+    assert pooled.step_pairs == 28 and pooled.step_pearson == pytest.approx(1.0)

@@ -42,15 +42,13 @@ def _query(**kw: Any) -> SharesQuery:
 
 
 def _reply(query: SharesQuery, **change: Any) -> dict[str, Any]:
-    agents: list[dict[str, Any]] = [{"agent_id": a, "rationale": f"{a} worked"} for a in IDS]
+    reply: dict[str, Any] = {"rationales": {a: f"{a} worked" for a in IDS}}
     if query.with_tasks:
-        for i, a in enumerate(agents):
-            a["tasks"] = [i % 2] * len(query.segments())
-    rewards: list[dict[str, Any]] = [{"t": t, "shares": [50, 30, 20]} for t in query.rewarded]
+        reply["tasks"] = {a: [i % 2] * len(query.segments()) for i, a in enumerate(IDS)}
+    reply["shares"] = {str(t): [50, 30, 20] for t in query.rewarded}
     if query.enablers:
-        for r in rewards:
-            r["enablers"] = [[query.t0, "agent_0"], [r["t"] - 1, "agent_1"]]
-    return {"agents": agents, "rewards": rewards, "summary": "fine", **change}
+        reply["enablers"] = {str(t): [[query.t0, "agent_0"], [t - 1, "agent_1"]] for t in query.rewarded}
+    return {**reply, "summary": "fine", **change}
 
 
 def test_query_picks_the_shown_rewarded_steps_and_segments() -> None:
@@ -65,8 +63,7 @@ def test_parse_valid_reply_and_repairs() -> None:
     reply, repaired = parse_shares(json.dumps(_reply(q)), q, IDS)
     assert not repaired and [r.t for r in reply.rewards] == [12, 15] and reply.rewards[0].shares == (50, 30, 20)
     swapped = _reply(q)
-    swapped["rewards"].reverse()
-    swapped["rewards"][0]["shares"] = ["50", 30, 20.5]
+    swapped["shares"] = {"15": ["50", 30, 20.5], "12": [50, 30, 20]}
     reply, repaired = parse_shares("Here:\n" + json.dumps(swapped), q, IDS)
     assert repaired and [r.t for r in reply.rewards] == [12, 15]
 
@@ -74,13 +71,14 @@ def test_parse_valid_reply_and_repairs() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda r: r["rewards"].pop(), "missing reward entries for t = [15]"),
-        (lambda r: r["rewards"].append({"t": 13, "shares": [1, 1, 1]}), "need t = [12, 15]"),
-        (lambda r: r["rewards"][0].update(shares=[10, 10]), "expected 3 shares"),
-        (lambda r: r["rewards"][0].update(shares=[10, -1, 10]), "must be >= 0"),
-        (lambda r: r["rewards"][0].update(shares=[10, "NaN", 10]), "finite number"),
-        (lambda r: r["agents"].pop(), "missing agent(s) agent_2"),
-        (lambda r: r["agents"][0].update(rationale="x" * 151), "at most 150"),
+        (lambda r: r["shares"].pop("15"), "missing ['15']"),
+        (lambda r: r["shares"].update({"13": [1, 1, 1]}), "unexpected ['\"13\"']"),
+        (lambda r: r["shares"].update({"12": [10, 10]}), "expected 3 shares"),
+        (lambda r: r["shares"].update({"12": [10, -1, 10]}), "must be >= 0"),
+        (lambda r: r["shares"].update({"12": [10, "NaN", 10]}), "finite number"),
+        (lambda r: r["rationales"].pop("agent_2"), "missing ['agent_2']"),
+        (lambda r: r["rationales"].update(agent_0="x" * 81), "at most 80"),
+        (lambda r: r.update(shares=[[1, 2, 3]]), "must be an object keyed by 12, 15"),
         (lambda r: r.pop("summary"), "missing key 'summary'"),
     ],
 )
@@ -104,7 +102,7 @@ def test_parse_rejects(change: Any, message: str) -> None:
 def test_parse_rejects_bad_enablers(enablers: list[Any], message: str) -> None:
     q = _query(enablers=True)
     reply = _reply(q)
-    reply["rewards"][0]["enablers"] = enablers
+    reply["enablers"]["12"] = enablers
     with pytest.raises(ReplyError, match=message):
         parse_shares(json.dumps(reply), q, IDS)
 
@@ -154,7 +152,7 @@ def test_tasks_fill_their_segments() -> None:
     assert tasks is not None and tasks.shape == (8, 3)
     assert (tasks[:, 1] == 1).all() and (tasks[:, 0] == 0).all()
     bad = _reply(q)
-    bad["agents"][0]["tasks"] = [0]
+    bad["tasks"]["agent_0"] = [0]
     with pytest.raises(ReplyError, match="expected 3 tasks"):
         parse_shares(json.dumps(bad), q, IDS)
 
@@ -166,22 +164,26 @@ def test_llama_cpp_grammar_admits_exactly_the_asked_reply(kind: str) -> None:
     grammar = shares_grammar(q, IDS)
     good = _reply(q)
     assert check(grammar, json.dumps(good)) == "ok"
-    assert check(grammar, json.dumps(good, indent=1)) == "ok"
+    assert check(grammar, json.dumps(good, separators=(",", ":"))) == "ok"
+    assert check(grammar, json.dumps(good, indent=1)) != "ok"  # no newlines: every reply token counts
     variants = [
-        lambda r: r["rewards"].pop(),
-        lambda r: r["rewards"].append({"t": 13, "shares": [1, 1, 1]}),
-        lambda r: r["rewards"][0].update(t=13),
-        lambda r: r["rewards"][0].update(shares=[101, 0, 0]),
-        lambda r: r["rewards"][0].update(shares=[1, 2]),
-        lambda r: r["agents"].reverse(),
+        lambda r: r["shares"].pop("15"),
+        lambda r: r["shares"].update({"13": [1, 1, 1]}),
+        lambda r: r.update(shares={"13": [1, 1, 1], "15": [1, 1, 1]}),
+        lambda r: r["shares"].update({"12": [101, 0, 0]}),
+        lambda r: r["shares"].update({"12": [1, 2]}),
+        lambda r: r.update(rationales=dict(reversed(r["rationales"].items()))),
     ]
     if kind == "temporal":
         variants += [
-            lambda r: r["rewards"][0].update(enablers=[[12, "agent_0"]]),
-            lambda r: r["rewards"][0].update(enablers=[[11, "agent_0"]] * (ENABLERS_MAX + 1)),
+            lambda r: r["enablers"].update({"12": [[12, "agent_0"]]}),
+            lambda r: r["enablers"].update({"12": [[11, "agent_0"]] * (ENABLERS_MAX + 1)}),
         ]
     if kind == "taca":
-        variants += [lambda r: r["agents"][0].update(tasks=[0, 0]), lambda r: r["agents"][0].update(tasks=[3, 0, 0])]
+        variants += [
+            lambda r: r["tasks"].update(agent_0=[0, 0]),
+            lambda r: r["tasks"].update(agent_0=[3, 0, 0]),
+        ]
     for change in variants:
         bad = json.loads(json.dumps(good))
         change(bad)

@@ -48,6 +48,6 @@ def test_collect_then_validate(tmp_path: Path) -> None:
 
 
 def test_every_command_has_help() -> None:
-    for command in ("envs", "collect", "validate", "pipeline"):
+    for command in ("envs", "collect", "validate", "pipeline", "critic-bench"):
         proc = run(command, "--help")
         assert proc.returncode == 0 and "Usage" in proc.stdout, command

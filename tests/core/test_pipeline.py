@@ -40,11 +40,11 @@ def test_pipeline_runs_end_to_end_and_reruns_for_free(tmp_path: Path) -> None:
     if importlib.util.find_spec("llama_cpp") is not None:  # the local LLM stage ran (CI installs the extra)
         llm = record["annotate_llm"]
         assert [(a["critic_id"], a["env_id"]) for a in llm] == [
-            (c, e) for c in ("llm-mca", "llm-taca") for e in ("lbf-8x8-2p-2f", "spaceworld-10x10-3a")
+            (c, e) for c in ("llm-mca-shares", "llm-taca-shares") for e in ("lbf-8x8-2p-2f", "spaceworld-10x10-3a")
         ]
         assert recipe.annotate.llm_episodes == 1
         assert all(a["episodes"] == 1 and a["tokens_in"] > 0 and a["seconds_per_episode"] > 0 for a in llm)
-        assert "llm-mca vs shapley" in record["critic_eval"]
+        assert "llm-mca-shares vs shapley" in record["critic_eval"]
     overall = record["critic_eval"]["counterfactual vs shapley"][-1]
     assert (overall["env_id"], overall["tier"], overall["coverage"]) == ("all", "all", 1.0)
     assert overall["sign_agreement"] > record["critic_eval"]["uniform vs shapley"][-1]["sign_agreement"]
