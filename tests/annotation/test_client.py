@@ -164,7 +164,8 @@ def test_total_retry_cap_stops_early(fake_openai: FakeOpenAI) -> None:
     fake_openai.default = status(500)
     cfg = config(fake_openai, max_retries=1000, backoff_s=0.1, max_backoff_s=0.1, total_retry_s=0.6)
     t0 = time.monotonic()
-    with pytest.raises(LLMRequestError, match=r"total_retry_s=0.6.*HTTP 500"):
+    # the last attempt gets only what is left of the cap, so on a loaded machine it may time out instead
+    with pytest.raises(LLMRequestError, match=r"total_retry_s=0.6.*last error: (HTTP 500|timed out after)"):
         complete(cfg)
     assert time.monotonic() - t0 < 0.6 + 0.5
     assert 2 <= fake_openai.request_count < 10

