@@ -14,11 +14,15 @@ import numpy as np
 import pytest
 
 from llmca_data.annotation.annotate import annotate
+from llmca_data.annotation.critic import run_critic
 from llmca_data.annotation.llm.cache import ReplyCache
 from llmca_data.annotation.llm.critic import LLMConfig, LLMCritic
 from llmca_data.collect import CollectConfig, collect
+from llmca_data.envs import make_env
+from llmca_data.rollout import run_episode, tier_rng
 from llmca_data.schema import from_fsl
 from llmca_data.shards import Manifest, read_shard
+from llmca_data.tiers import tier_policy
 from llmca_data.validate import validate
 
 pytestmark = [
@@ -55,6 +59,26 @@ def test_embedded_model_annotates_one_short_episode(tmp_path: Path) -> None:
     again = LLMCritic(LLMConfig(critic="llm-taca"), cache=cache)
     rerun = annotate(root, again, limit=1, force=True)
     assert rerun.episodes == 1 and again.requests_sent == 0 and again._server is None
+
+
+@pytest.mark.parametrize(
+    ("env_id", "seed", "kwargs"),
+    [("lbf-8x8-2p-2f", 5, {}), ("rware-tiny-2ag", 0, {"max_steps": 30}), ("spaceworld-10x10-3a", 2, {})],
+)
+def test_embedded_shares_credits_sum_to_the_team_reward(
+    tmp_path: Path, env_id: str, seed: int, kwargs: dict[str, int]
+) -> None:
+    """The real model on one short expert episode: whatever it answers, Σ_i credit = r_team at every step."""
+    env = make_env(env_id, **kwargs)
+    episode = run_episode(env, tier_policy(env_id, "expert", tier_rng(seed)), seed, "expert")
+    critic = LLMCritic(LLMConfig(critic="llm-mca-shares"), cache=ReplyCache(tmp_path / "cache.sqlite"))
+    try:
+        (out,) = run_critic(critic, [episode], make_env(env_id, **kwargs))
+    finally:
+        critic.close()
+    assert out.status in ("ok", "repaired"), out.error  # the grammar admits only valid replies
+    assert np.abs(out.credits.sum(axis=1) - episode.reward_team).max() < 1e-6
+    assert not out.credits[episode.reward_team == 0].any() and out.tokens_in > 0
 
 
 _PARENT = """\
