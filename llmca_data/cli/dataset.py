@@ -18,7 +18,7 @@ from rich.table import Table
 from llmca_data.cli.output import console, critic_eval_table, problem, warn
 from llmca_data.cli.progress import progress_bar
 
-from .llm_options import BASE_URL, LOCAL_MODEL, MODEL, RESPONSE_FORMAT
+from .llm_options import BASE_URL, CRITIC_IDS, LOCAL_MODEL, MODEL, RESPONSE_FORMAT
 
 _DIRECTORY = typer.Argument(None, help="Dataset directory (same as --dataset).", show_default=False)
 _DATASET = typer.Option(None, "--dataset", help="Dataset directory.", show_default=False)
@@ -82,9 +82,7 @@ def collect_cmd(
 def annotate_cmd(
     directory: Path = _DIRECTORY,
     dataset: Path = _DATASET,
-    critic: str = typer.Option(
-        None, "--critic", help="uniform | shapley | counterfactual | env | llm-mca | llm-taca | a plugin's id."
-    ),
+    critic: str = typer.Option(None, "--critic", help=f"{CRITIC_IDS} | a plugin's id."),
     horizon: int = typer.Option(1, "--horizon", min=1, help="counterfactual: steps credited for a reward (id -hH)."),
     gamma: float = typer.Option(0.99, "--gamma", help="counterfactual: discount over the window, in [0, 1]."),
     samples: int = typer.Option(256, "--samples", min=1, help="shapley: random agent orders when N > 4 (exact to 4)."),

