@@ -182,24 +182,30 @@ class LLMCritic:
         spans = [(i.episode.episode_id, i.t1 - i.t0) for i in items]
         if query is not None:
             max_tokens = cfg.max_tokens or max_tokens_shares(query, len(agent_ids))
-            grammar, schema = shares_grammar(query, agent_ids), shares_json_schema(query, agent_ids)
         else:
             max_tokens = cfg.max_tokens or max_tokens_for(len(agent_ids), [n for _, n in spans], cfg.with_tasks)
-            grammar = reply_grammar(agent_ids, spans, cfg.with_tasks, n_tasks)
-            schema = reply_json_schema(agent_ids, spans, cfg.with_tasks, n_tasks)
-        options: dict[str, Any] = {}
-        if cfg.response_format == "grammar":
-            options["extra_body"] = {"grammar": grammar}
-        elif cfg.response_format == "json_object":
-            options["response_format"] = {"type": "json_object", "schema": schema}
-        elif cfg.response_format == "json_schema":
-            options["response_format"] = {
-                "type": "json_schema",
-                "json_schema": {"name": "credits", "schema": schema, "strict": True},
-            }
+        options = self._constraint(query, agent_ids, spans, n_tasks)
         sampling = {"temperature": cfg.temperature, "max_tokens": max_tokens, "seed": cfg.seed, **options}
         key = request_key(self.model, version, sampling, messages)
         return _Request(env_id, items, messages, max_tokens, options, key, version, n_tasks)
+
+    def _constraint(
+        self, query: SharesQuery | None, agent_ids: tuple[str, ...], spans: list[tuple[int, int]], n_tasks: int | None
+    ) -> dict[str, Any]:
+        """The request options that constrain the reply as ``response_format`` says (only that one is built)."""
+        fmt, with_tasks = self.config.response_format, self.config.with_tasks
+        if fmt == "grammar":
+            grammar = (shares_grammar(query, agent_ids) if query is not None
+                       else reply_grammar(agent_ids, spans, with_tasks, n_tasks))  # fmt: skip
+            return {"extra_body": {"grammar": grammar}}
+        if fmt not in ("json_object", "json_schema"):
+            return {}
+        schema = (shares_json_schema(query, agent_ids) if query is not None
+                  else reply_json_schema(agent_ids, spans, with_tasks, n_tasks))  # fmt: skip
+        if fmt == "json_object":
+            return {"response_format": {"type": "json_object", "schema": schema}}
+        return {"response_format": {"type": "json_schema",
+                                    "json_schema": {"name": "credits", "schema": schema, "strict": True}}}  # fmt: skip
 
     def estimate(self, requests: list[_Request]) -> dict[str, float]:
         """Requests, prompt tokens (estimated), cached requests and the cost estimate of ``requests``."""
@@ -294,7 +300,7 @@ class LLMCritic:
         spans = [(i.episode.episode_id, i.t1 - i.t0) for i in request.items]
         if not request.messages:  # a shares window without a rewarded step: nothing to ask
             request.result[0] = {"reply": None, "repaired": False, "error": "", "tokens_in": 0, "tokens_out": 0,
-                                 "latency_s": 0.0, "cost_usd": 0.0, "raw": "", "free": True}  # fmt: skip
+                                 "latency_s": 0.0, "cost_usd": 0.0, "raw": ""}  # fmt: skip
             return
         replies: list[CachedReply] = []
         fresh: list[tuple[str, CachedReply]] = []
@@ -351,30 +357,26 @@ class LLMCritic:
         summaries, raw, errs = [], [], []
         notes: list[str] = []
         for t0, t1, request, res in parts:
-            if res.get("free"):  # a shares window without a reward: 0 credit, no tasks asked
+            if not request.messages:  # a shares window without a reward: 0 credit, no tasks asked
                 credits[t0:t1] = 0.0
                 continue
             raw.append(res["raw"])
             if res["reply"] is None:
                 errs.append(f"steps {t0}-{t1 - 1}: {res['error']}")
                 continue
-            query = request.items[0].query
-            if query is not None:
-                window, window_tasks, fallbacks = shares_credits(res["reply"], query, n)
-                credits[t0:t1] = window
-                if tasks is not None and window_tasks is not None:
-                    tasks[t0:t1] = window_tasks
-                for i, text in enumerate(res["reply"].rationales):
-                    rationale[i].append(text if len(parts) == 1 else f"[{t0}-{t1 - 1}] {text}")
-                summaries.append(res["reply"].summary)
-                notes += fallbacks
-                continue
-            for i, agent in enumerate(res["reply"].agents):
-                credits[t0:t1, i] = agent.credits
-                if tasks is not None and agent.tasks is not None:
-                    tasks[t0:t1, i] = agent.tasks
-                rationale[i].append(agent.rationale if len(parts) == 1 else f"[{t0}-{t1 - 1}] {agent.rationale}")
-            summaries.append(res["reply"].summary)
+            reply, query = res["reply"], request.items[0].query
+            if query is not None:  # shares form: the shares become credits on the reward's scale
+                credits[t0:t1], window_tasks, fallbacks = shares_credits(reply, query, n)
+                texts, notes = list(reply.rationales), notes + fallbacks
+            else:  # dense form: the numbers are the credits
+                credits[t0:t1] = np.array([a.credits for a in reply.agents], np.float32).T  # [L, N]
+                window_tasks = np.array([a.tasks for a in reply.agents], np.int16).T if tasks is not None else None
+                texts = [a.rationale for a in reply.agents]
+            if tasks is not None and window_tasks is not None:
+                tasks[t0:t1] = window_tasks
+            for i, text in enumerate(texts):
+                rationale[i].append(text if len(parts) == 1 else f"[{t0}-{t1 - 1}] {text}")
+            summaries.append(reply.summary)
         failed = bool(errs)
         if failed:
             credits[:] = np.nan  # never a partial episode: a failed window fails the episode
