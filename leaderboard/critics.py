@@ -7,12 +7,14 @@ bad file is a ``CriticResultsError`` naming the file and the field, and nothing 
 
 Output: ``critics.md`` (``render_critics``), always regenerated, never edited: one row per
 critic × setting (its overall row) with the critic, model, setting, oracle flag (re-simulating
-critics, which query the simulator and cannot be blinded), episodes scored (fewer than the
-set's after ``--limit``), validity, Spearman / top-agent accuracy / per-agent episode-total
-Pearson against ``counterfactual-h5`` and against ``shapley``, the scaled MAE against
-``shapley``, tokens and seconds per episode, and dollars. Rows are ordered by setting, then
-top-agent accuracy against ``counterfactual-h5`` (best first; ``—`` last). Text from the files
-(critic, model) is escaped with ``md_escape``.
+critics, which query the simulator and cannot be blinded), episodes scored (with ``first N/env``
+when scored with ``--limit N``: compare rows on equal episodes), validity, Spearman / top-agent
+accuracy / per-agent episode-total Pearson against ``counterfactual-h5`` and against ``shapley``,
+the scaled MAE against ``shapley``, tokens and seconds per episode, and dollars. Rows are ordered
+by setting, then limit (the whole set first), then top-agent accuracy against
+``counterfactual-h5`` (best first; ``—`` last). Text from the files (critic, model) is escaped
+with ``md_escape``. Two files with the same critic, model, setting and limit are refused (naming
+both): the table would show the critic twice with no way to tell which.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class CriticRow:
     scores: dict[str, dict[str, float | None]]
     """Reference → metric → value (``METRICS`` only)."""
     episodes: int
+    limit: int
+    """``--limit``: only the first ``limit`` episodes per env were scored (0: the whole set)."""
     tokens: int
     seconds: float
     cost_usd: float | None
@@ -123,10 +127,11 @@ def read_critic_results(path: Path) -> list[CriticRow]:
     settings = body.get("settings")
     if not isinstance(settings, list) or not settings:
         raise _fail(path, "settings", "expected a non-empty list")
-    return [_setting_row(path, f"settings[{i}]", s, critic, model) for i, s in enumerate(settings)]
+    limit = int(_number(path, "limit", body.get("limit", 0), low=0))
+    return [_setting_row(path, f"settings[{i}]", s, critic, model, limit) for i, s in enumerate(settings)]
 
 
-def _setting_row(path: Path, where: str, raw: Any, critic: str, model: str) -> CriticRow:
+def _setting_row(path: Path, where: str, raw: Any, critic: str, model: str, limit: int) -> CriticRow:
     entry = _object(path, where, raw)
     setting = entry.get("setting")
     if not isinstance(setting, str) or setting not in SETTINGS:
@@ -152,12 +157,12 @@ def _setting_row(path: Path, where: str, raw: Any, critic: str, model: str) -> C
         raise _fail(path, f"{at}.validity", f"expected a share in [0, 1], got {validity!r}")
     return CriticRow(
         critic=critic, model=model, setting=setting, oracle=oracle, validity=validity, scores=scores,
-        episodes=int(_number(path, f"{at}.episodes", row.get("episodes"), low=0)),
+        episodes=int(_number(path, f"{at}.episodes", row.get("episodes"), low=0)), limit=limit,
         tokens=int(_number(path, f"{at}.tokens_in", row.get("tokens_in"), low=0))
         + int(_number(path, f"{at}.tokens_out", row.get("tokens_out"), low=0)),
         seconds=float(_number(path, f"{at}.seconds", row.get("seconds"), low=0)),
         cost_usd=_number(path, f"{at}.cost_usd", row.get("cost_usd"), optional=True, low=0),
-        source=path.name,
+        source=str(path),
     )  # fmt: skip
 
 
@@ -165,7 +170,8 @@ def load_critic_results(folder: Path) -> list[CriticRow]:
     """Every row of every ``*.json`` under ``folder`` (path order).
 
     Raises:
-        CriticResultsError: ``folder`` is not a folder, holds no ``*.json``, or a file is bad.
+        CriticResultsError: ``folder`` is not a folder, holds no ``*.json``, a file is bad, or two files
+            hold the same critic, model, setting and limit.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -174,7 +180,17 @@ def load_critic_results(folder: Path) -> list[CriticRow]:
     if not files:
         raise CriticResultsError(f"{folder} holds no *.json results: run `llmca critic-bench --critic ID --out "
                                  f"{folder}/ID.json` first")  # fmt: skip
-    return [row for path in files for row in read_critic_results(path)]
+    seen: dict[tuple[str, str, str, int], str] = {}
+    rows = [row for path in files for row in read_critic_results(path)]
+    for row in rows:
+        key = (row.critic, row.model, row.setting, row.limit)
+        if key in seen and seen[key] != row.source:
+            raise CriticResultsError(
+                f"{row.source}: critic {row.critic!r:.60} ({row.setting}, limit {row.limit}) is also in "
+                f"{seen[key]}: keep one of the two files"
+            )
+        seen[key] = row.source
+    return rows
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -188,7 +204,8 @@ def _cells(row: CriticRow) -> list[str]:
     per_episode = max(1, row.episodes)
     return [
         md_escape(row.critic), md_escape(row.model) if row.model else "—", row.setting, "yes" if row.oracle else "no",
-        str(row.episodes), _fmt(row.validity, ".0%"), score(TEMPORAL, "spearman"),
+        f"{row.episodes} (first {row.limit}/env)" if row.limit else str(row.episodes),
+        _fmt(row.validity, ".0%"), score(TEMPORAL, "spearman"),
         score(TEMPORAL, "top_agent_accuracy"), score(TEMPORAL, "episode_total_pearson"),
         score(TEMPORAL, "step_pearson"), score(STRUCTURAL, "spearman"),
         score(STRUCTURAL, "top_agent_accuracy"), score(STRUCTURAL, "episode_total_pearson"),
@@ -197,17 +214,19 @@ def _cells(row: CriticRow) -> list[str]:
     ]  # fmt: skip
 
 
-def _order(row: CriticRow) -> tuple[int, float, str, str]:
-    top = row.scores.get(TEMPORAL, {}).get("top_agent_accuracy")
-    return (SETTINGS.index(row.setting), -(top if top is not None else -1.0), row.critic, row.model)
+def _order(row: CriticRow) -> tuple[int, bool, int, float, str, str]:
+    top = row.scores.get(TEMPORAL, {}).get("top_agent_accuracy")  # rows on the whole set first, then by limit
+    return (SETTINGS.index(row.setting), row.limit > 0, row.limit, -(top if top is not None else -1.0), row.critic,
+            row.model)  # fmt: skip
 
 
 def critic_markdown(rows: list[CriticRow]) -> str:
     """The critic leaderboard as one markdown table (module docstring)."""
     lines = ["# Critic leaderboard", "",
              "Generated by `llmca leaderboard render --critic-results DIR` from `llmca critic-bench` results; "
-             "do not edit. Scores are over the whole bench set (all envs pooled) against references computed on "
-             "the true episode; `oracle` marks critics that re-simulate the episode (they cannot be blinded to the "
+             "do not edit. Scores pool all envs of the bench set (or its first N episodes per env where "
+             "`episodes` says so: compare rows on equal episodes) against references computed on the true "
+             "episode; `oracle` marks critics that re-simulate the episode (they cannot be blinded to the "
              "delayed reward). ρ: Spearman (envs with N ≥ 3); top: top-agent accuracy; ep. r: Pearson of "
              "per-agent episode totals; step r: Pearson over every (step, agent), rewarded or not, the one "
              "metric that sees credit placed on the steps before a reward; MAE after scaling to the reference's "

@@ -129,6 +129,7 @@ def test_scores_in_both_settings_and_the_critic_leaderboard(bench: Bench, tmp_pa
     shapley_rows = [line for line in table.splitlines() if line.startswith("| shapley |")]
     assert len(shapley_rows) == 2 and all("| yes |" in line for line in shapley_rows)
     assert "| evidence-split | — | plain | no |" in table
+    assert f"| shapley | — | plain | yes | {overall(results['shapley'], 'plain')['episodes']} |" in table
 
 
 def test_bad_results_files_are_refused_by_name(bench: Bench, tmp_path: Path) -> None:
@@ -158,9 +159,19 @@ def test_bad_results_files_are_refused_by_name(bench: Bench, tmp_path: Path) -> 
     bad_row["settings"][0]["setting"] = "noisy"
     refused(bad_row, "setting: expected one of plain, delayed")
 
+    refused({**good, "limit": -1}, "limit: expected")
+
     (folder / "bad.json").write_text(json.dumps({**good, "critic": "[click](https://evil.example)<b>"}))
     table = render_critics(folder, tmp_path / "site").read_text()
     assert r"\[click\]\(https\:\/\/evil\.example\)&lt;b&gt;" in table and "<b>" not in table
+    assert "| 4 (first 1/env) |" in table  # scored with --limit 1: the table says so
+
+    (folder / "again.json").write_text(json.dumps({**good, "critic": "[click](https://evil.example)<b>"}))
+    with pytest.raises(CriticResultsError, match="keep one of the two files") as caught:
+        load_critic_results(folder)
+    assert str(folder / "again.json") in str(caught.value) and str(folder / "bad.json") in str(caught.value)
+    (folder / "again.json").write_text(json.dumps({**good, "critic": "[click](https://evil.example)<b>", "limit": 0}))
+    assert len(load_critic_results(folder)) == 2  # the same critic on the whole set is another row
 
 
 def test_cli_scores_builtin_and_imported_credits(bench: Bench, tmp_path: Path) -> None:
