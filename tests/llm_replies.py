@@ -85,6 +85,9 @@ def last_user_message(body: dict[str, Any]) -> str:
 
 def _schema(body: dict[str, Any]) -> dict[str, Any] | None:
     fmt = body.get("response_format")
+    vllm = body.get("structured_outputs")
+    if isinstance(vllm, dict) and isinstance(vllm.get("json"), dict):
+        return dict(vllm["json"])
     if not isinstance(fmt, dict):
         return None
     if fmt.get("type") == "json_object":

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from llmca_data.config import ConfigError, JsonConfig, bounded
 
-RESPONSE_FORMATS = ("grammar", "json_object", "json_schema", "none")
+RESPONSE_FORMATS = ("grammar", "json_object", "json_schema", "vllm", "none")
 TEAM_REWARDS = ("true", "delayed", "noisy")
 LOCAL_MODELS = ("smollm2-135m", "gemma3-270m")
 """The embedded server's models (``server.EMBEDDED_MODELS`` says how each is found and served)."""
@@ -72,7 +72,8 @@ class LLMConfig(JsonConfig):
     """The embedded server's model (one of ``LOCAL_MODELS``), only without ``base_url``:
     ``smollm2-135m`` (the default, in the local-llm extra) or ``gemma3-270m`` (the gemma extra)."""
     response_format: str = "grammar"
-    """grammar (llama.cpp GBNF), json_object (+schema, llama-cpp-python), json_schema (OpenAI), none."""
+    """grammar (llama.cpp GBNF), json_object (+schema, llama-cpp-python), json_schema (OpenAI), vllm
+    (the JSON schema as vLLM's ``structured_outputs``), none."""
     temperature: float = bounded(0.0, 0.0, 2.0)
     max_tokens: int = bounded(0, 0, None)
     """0 scales the budget with T × N."""

@@ -198,12 +198,14 @@ class LLMCritic:
             grammar = (shares_grammar(query, agent_ids) if query is not None
                        else reply_grammar(agent_ids, spans, with_tasks, n_tasks))  # fmt: skip
             return {"extra_body": {"grammar": grammar}}
-        if fmt not in ("json_object", "json_schema"):
+        if fmt not in ("json_object", "json_schema", "vllm"):
             return {}
         schema = (shares_json_schema(query, agent_ids) if query is not None
                   else reply_json_schema(agent_ids, spans, with_tasks, n_tasks))  # fmt: skip
         if fmt == "json_object":
             return {"response_format": {"type": "json_object", "schema": schema}}
+        if fmt == "vllm":  # vLLM's own structured-output field (it replaced ``guided_json`` in v0.12)
+            return {"extra_body": {"structured_outputs": {"json": schema}}}
         return {"response_format": {"type": "json_schema",
                                     "json_schema": {"name": "credits", "schema": schema, "strict": True}}}  # fmt: skip
 

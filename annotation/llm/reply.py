@@ -18,7 +18,8 @@ including what only the grammar used to bound: rationales and summaries longer t
 below, numbers that float32 (the stored dtype) would make ±inf, tasks beyond int16.
 
 ``reply_json_schema`` / ``reply_grammar`` describe exactly the requested reply for
-``response_format`` (OpenAI ``json_schema``, llama-cpp-python ``json_object`` + schema) or a
+``response_format`` (OpenAI ``json_schema``, llama-cpp-python ``json_object`` + schema, vLLM's
+``structured_outputs``) or a
 llama.cpp GBNF ``grammar``. The grammar bounds numbers (``-?\\d{1,3}(\\.\\d{1,3})?``) and strings
 (``RATIONALE_MAX_CHARS`` / ``SUMMARY_MAX_CHARS``, no raw newlines) so a small model cannot run
 away; llama.cpp refuses repetition counts above 2000 (windows of more than 2001 steps).

