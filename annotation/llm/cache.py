@@ -7,6 +7,10 @@ The cache is a sqlite file in the user cache directory (``$LLMCA_CACHE_DIR`` ove
 never inside a dataset. It makes a rerun free, and a killed run resumable without sending a
 request twice: replies are stored as they arrive, before any shard is written. It is
 consulted before the local LLM server is started, so a fully cached rerun starts none.
+
+The same file records the Batch API's submissions (``BatchRecord``, table ``batches``): the
+input file id is stored before the batch is created, so a rerun after a crash finds its batch
+again instead of paying for the requests twice.
 """
 
 from __future__ import annotations
@@ -50,6 +54,21 @@ class CachedReply:
     finish_reason: str
 
 
+@dataclass(frozen=True)
+class BatchRecord:
+    """One submission of one part (a file of requests) to the Batch API."""
+
+    part: str
+    """sha256 of the part's JSONL bytes."""
+    attempt: int
+    """0 for the part's first batch; a consumed batch's part asked again gets a new attempt."""
+    input_file_id: str
+    batch_id: str
+    """Empty until the batch is created."""
+    consumed: bool
+    """Its results were read into the cache (a rerun never reuses a consumed batch)."""
+
+
 class ReplyCache:
     """A thread-safe sqlite store of replies (WAL mode, one row per request key)."""
 
@@ -63,6 +82,10 @@ class ReplyCache:
             "CREATE TABLE IF NOT EXISTS replies (key TEXT PRIMARY KEY, model TEXT, prompt_version TEXT, "
             "created REAL, text TEXT, tokens_in INTEGER, tokens_out INTEGER, latency_s REAL, cost_usd REAL, "
             "finish_reason TEXT)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS batches (part TEXT, attempt INTEGER, input_file_id TEXT, batch_id TEXT, "
+            "consumed INTEGER, created REAL, PRIMARY KEY (part, attempt))"
         )
         self._db.commit()
 
@@ -79,6 +102,24 @@ class ReplyCache:
             self._db.execute(
                 "INSERT OR REPLACE INTO replies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (key, model, prompt_version, time.time(), *asdict(reply).values()),
+            )
+            self._db.commit()
+
+    def batch_record(self, part: str) -> BatchRecord | None:
+        """The latest submission of ``part``, if any."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT part, attempt, input_file_id, batch_id, consumed FROM batches WHERE part = ? "
+                "ORDER BY attempt DESC LIMIT 1",
+                (part,),
+            ).fetchone()
+        return BatchRecord(row[0], row[1], row[2], row[3], bool(row[4])) if row else None
+
+    def save_batch_record(self, record: BatchRecord) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?)",
+                (record.part, record.attempt, record.input_file_id, record.batch_id, int(record.consumed), time.time()),
             )
             self._db.commit()
 

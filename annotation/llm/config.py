@@ -17,6 +17,10 @@ TEAM_REWARDS = ("true", "delayed", "noisy")
 LOCAL_MODELS = ("smollm2-135m", "gemma3-270m")
 """The embedded server's models (``server.EMBEDDED_MODELS`` says how each is found and served)."""
 DEFAULT_LOCAL_MODEL = LOCAL_MODELS[0]
+TRANSPORTS = ("interactive", "batch")
+"""How requests travel: one HTTP request each, or the OpenAI Batch API (``batch``)."""
+BATCH_DISCOUNT = 0.5
+"""The Batch API's price relative to interactive requests (OpenAI: half)."""
 SHARES_CRITICS = ("llm-mca-shares", "llm-taca-shares", "llm-mca-temporal")
 """The shares form (DESIGN §5): integer percent shares of each rewarded step, compact lines."""
 LLM_CRITICS = ("llm-mca", "llm-taca", *SHARES_CRITICS)
@@ -50,10 +54,25 @@ class TransportConfig(JsonConfig):
     """USD per 1M prompt tokens, for the cost estimate."""
     price_out: float = bounded(0.0, 0.0, None)
     """USD per 1M completion tokens, for the cost estimate."""
+    mode: str = "interactive"
+    """``interactive`` (one chat-completions request each) or ``batch`` (the OpenAI Batch API: files of
+    requests, half the price, results within 24 h; ``annotation.llm.batch``)."""
+    batch_poll_s: float = bounded(30.0, 0.0, None)
+    """Batch mode: the first wait between polls of a batch; each wait is 1.5× the last, up to 600 s."""
+    batch_max_requests: int = bounded(50_000, 1, 50_000)
+    """Batch mode: most requests in one input file (the API's limit is 50,000)."""
+    batch_max_bytes: int = bounded(200 * 2**20, 4096, 200 * 2**20)
+    """Batch mode: most bytes in one input file (the API's limit is 200 MB)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.mode not in TRANSPORTS:
+            raise ConfigError(f"--transport must be one of {', '.join(TRANSPORTS)}, got {self.mode!r}")
 
     def cost_usd(self, tokens_in: int, tokens_out: int) -> float:
-        """The estimated cost of these tokens at the configured prices."""
-        return (tokens_in * self.price_in + tokens_out * self.price_out) / 1e6
+        """The estimated cost of these tokens at the configured prices (batch prices in batch mode)."""
+        discount = BATCH_DISCOUNT if self.mode == "batch" else 1.0
+        return discount * (tokens_in * self.price_in + tokens_out * self.price_out) / 1e6
 
 
 @dataclass(frozen=True)
@@ -108,6 +127,9 @@ class LLMConfig(JsonConfig):
         if self.shares and self.team_reward == "noisy":
             raise ConfigError(f"{self.critic} asks only about rewarded steps; --team-reward noisy makes every step "
                               "rewarded: use llm-mca or llm-taca for the noisy variant")  # fmt: skip
+        if self.transport.mode == "batch" and not self.base_url:
+            raise ConfigError("--transport batch sends files of requests to an endpoint with the Batch API: give "
+                              "--base-url (e.g. https://api.openai.com/v1) and --model")  # fmt: skip
         if self.shares and self.episodes_per_prompt > 1:
             raise ConfigError(f"{self.critic} sends one episode (window) per request: use --episodes-per-prompt 1")
 

@@ -10,10 +10,11 @@ up in the ``ReplyCache`` first; the embedded llama.cpp server is started only wh
 request is not cached. A reply that fails validation gets one corrective retry quoting the
 error; an episode whose reply is still invalid, or whose request failed after our retries,
 gets status ``failed`` and NaN credits (so does a malformed or oversized response, and any other
-error of one exchange: the run goes on). The retry quotes at most ``QUOTE_MAX_CHARS`` of the
+error of one exchange: the run goes on). The retry quotes at most ``reply.QUOTE_MAX_CHARS`` of the
 invalid reply, so a huge reply is never sent back. Long episodes are split into windows of at most
 ``max_window`` steps; ``episodes_per_prompt`` > 1 puts several single-window episodes in one
 prompt (batch mode). ``max_cost`` stops sending once the next request could pass the budget.
+With ``transport.mode`` ``batch`` requests go through the OpenAI Batch API instead (``batch``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from llmca_data.rollout import Episode
 
 from ..critic import CriticOutput
 from ..evidence import episode_events, evidence_text, replay_describes
+from .batch import BatchRunner, run_rounds
 from .cache import CachedReply, ReplyCache, request_key
 from .client import ClientConfig, LLMClient, LLMRequestError
 from .compact import render_compact
@@ -45,7 +47,7 @@ from .prompt import (
     render_episode,
     windows,
 )
-from .reply import ReplyError, parse_reply, reply_grammar, reply_json_schema
+from .reply import ReplyError, parse_reply, quote, reply_grammar, reply_json_schema
 from .server import LocalLLMServer, server_config
 from .shares import (
     SharesQuery,
@@ -60,20 +62,6 @@ from .shares import (
 )
 
 log = logging.getLogger(__name__)
-
-
-QUOTE_MAX_CHARS = 500
-"""Most characters of an invalid reply that the corrective retry sends back to the server."""
-
-
-def quote(text: str, limit: int = QUOTE_MAX_CHARS) -> str:
-    """``text``, or its head and tail around a marker when longer than ``limit`` (result ≤ ``limit`` chars)."""
-    if len(text) <= limit:
-        return text
-    marker = f" […{len(text)} characters, cut…] "
-    head = (limit - len(marker)) * 3 // 5
-    tail = limit - len(marker) - head
-    return text[:head] + marker + text[len(text) - tail :]
 
 
 @dataclass
@@ -117,6 +105,8 @@ class LLMCritic:
             raise ValueError("--model is required with --base-url")
         self.spent_usd = 0.0
         self.requests_sent = 0
+        self.batch_runner: BatchRunner | None = None
+        """Set by ``batch.run_rounds``: uncached requests are deferred to it, never sent one by one."""
 
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "llm", **asdict(self.config), "model": self.model}
@@ -229,7 +219,10 @@ class LLMCritic:
         requests, errors = self.plan(episodes, env)
         if any(r.messages and self.cache.get(r.key) is None for r in requests):
             self._ensure_server()
-        asyncio.run(self._run_all(requests))
+        if self.config.transport.mode == "batch":
+            run_rounds(self, requests)
+        else:
+            asyncio.run(self._run_all(requests))
         return [self._assemble(e, env.spec.n_agents, requests, errors) for e in episodes]
 
     def _ensure_server(self) -> None:
@@ -242,6 +235,8 @@ class LLMCritic:
         if self._server is not None:
             self._server.stop()
             self._server = None
+        if self.batch_runner is not None:
+            self.batch_runner.close()
 
     def _client(self) -> LLMClient:
         cfg = self.config
@@ -270,6 +265,8 @@ class LLMCritic:
         cached = self.cache.get(key)
         if cached is not None:
             return cached, None
+        if self.batch_runner is not None:  # batch transport: asked in the next batch round
+            raise self.batch_runner.defer(key, request, messages)
         estimate = self.config.transport.cost_usd(estimate_tokens("".join(m["content"] for m in messages)),
                                                   request.max_tokens)  # fmt: skip
         if self.config.max_cost and self.spent_usd + estimate > self.config.max_cost:

@@ -19,10 +19,11 @@ below, numbers that float32 (the stored dtype) would make ±inf, tasks beyond in
 
 ``reply_json_schema`` / ``reply_grammar`` describe exactly the requested reply for
 ``response_format`` (OpenAI ``json_schema``, llama-cpp-python ``json_object`` + schema, vLLM's
-``structured_outputs``) or a
-llama.cpp GBNF ``grammar``. The grammar bounds numbers (``-?\\d{1,3}(\\.\\d{1,3})?``) and strings
-(``RATIONALE_MAX_CHARS`` / ``SUMMARY_MAX_CHARS``, no raw newlines) so a small model cannot run
-away; llama.cpp refuses repetition counts above 2000 (windows of more than 2001 steps).
+``structured_outputs``) or a llama.cpp GBNF ``grammar``. The grammar bounds numbers
+(``-?\\d{1,3}(\\.\\d{1,3})?``) and strings (``RATIONALE_MAX_CHARS`` / ``SUMMARY_MAX_CHARS``, no raw
+newlines) so a small model cannot run away; llama.cpp refuses repetition counts above 2000
+(windows of more than 2001 steps). ``quote`` cuts an invalid reply to what a corrective retry may
+send back (``QUOTE_MAX_CHARS``).
 """
 
 from __future__ import annotations
@@ -377,3 +378,17 @@ def reply_grammar(
     lines += [f"{name} ::= {body}" for name, body in rules.items()]
     lines.append('num ::= "-"? ("0" | [1-9] [0-9]{0,2}) ("." [0-9]{1,3})?')
     return "\n".join(lines + text_rules(RATIONALE_MAX_CHARS, SUMMARY_MAX_CHARS)) + "\n"
+
+
+QUOTE_MAX_CHARS = 500
+"""Most characters of an invalid reply that the corrective retry sends back to the server."""
+
+
+def quote(text: str, limit: int = QUOTE_MAX_CHARS) -> str:
+    """``text``, or its head and tail around a marker when longer than ``limit`` (result ≤ ``limit`` chars)."""
+    if len(text) <= limit:
+        return text
+    marker = f" […{len(text)} characters, cut…] "
+    head = (limit - len(marker)) * 3 // 5
+    tail = limit - len(marker) - head
+    return text[:head] + marker + text[len(text) - tail :]

@@ -15,7 +15,7 @@ from rich.table import Table
 from llmca_data.cli.output import console, warn
 from llmca_data.cli.progress import progress_bar
 
-from .llm_options import BASE_URL, LOCAL_MODEL, MODEL, RESPONSE_FORMAT
+from .llm_options import BASE_URL, LOCAL_MODEL, MODEL, RESPONSE_FORMAT, TRANSPORT
 
 _SETTINGS = {"plain": ("plain",), "delayed": ("delayed",), "both": ("plain", "delayed")}
 
@@ -48,6 +48,7 @@ def critic_bench_cmd(
     model: str = MODEL,
     local_model: str = LOCAL_MODEL,
     response_format: str = RESPONSE_FORMAT,
+    transport_mode: str = TRANSPORT,
     concurrency: int = typer.Option(1, "--concurrency", min=1, help="LLM: requests in flight."),
     max_window: int = typer.Option(30, "--max-window", min=2, help="LLM: most timesteps per request."),
     max_tokens: int = typer.Option(0, "--max-tokens", min=0, help="LLM: reply budget (0 scales with T × N)."),
@@ -99,7 +100,9 @@ def critic_bench_cmd(
         raise typer.BadParameter(f"--setting must be plain, delayed or both, got {setting!r}")
     if credits is not None and setting in (None, "both"):
         raise typer.BadParameter("imported credits were computed for one setting: give --setting plain or delayed")
-    transport = TransportConfig(concurrency=concurrency, timeout_s=timeout, price_in=price_in, price_out=price_out)
+    transport = TransportConfig(
+        concurrency=concurrency, timeout_s=timeout, price_in=price_in, price_out=price_out, mode=transport_mode
+    )
     llm = LLMConfig(base_url=base_url, model=model, local_model=local_model, response_format=response_format,
                     temperature=temperature, max_tokens=max_tokens, max_window=max_window, max_cost=max_cost,
                     transport=transport)  # fmt: skip

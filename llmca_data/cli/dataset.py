@@ -18,7 +18,7 @@ from rich.table import Table
 from llmca_data.cli.output import console, critic_eval_table, problem, warn
 from llmca_data.cli.progress import progress_bar
 
-from .llm_options import BASE_URL, CRITIC_IDS, LOCAL_MODEL, MODEL, RESPONSE_FORMAT
+from .llm_options import BASE_URL, CRITIC_IDS, LOCAL_MODEL, MODEL, RESPONSE_FORMAT, TRANSPORT
 
 _DIRECTORY = typer.Argument(None, help="Dataset directory (same as --dataset).", show_default=False)
 _DATASET = typer.Option(None, "--dataset", help="Dataset directory.", show_default=False)
@@ -106,6 +106,7 @@ def annotate_cmd(
     concurrency: int = typer.Option(1, "--concurrency", min=1, help="LLM: requests in flight."),
     episodes_per_prompt: int = typer.Option(1, "--episodes-per-prompt", min=1, help="LLM: batch mode E."),
     response_format: str = RESPONSE_FORMAT,
+    transport_mode: str = TRANSPORT,
     max_tokens: int = typer.Option(0, "--max-tokens", min=0, help="LLM: reply budget (0 scales with T × N)."),
     temperature: float = typer.Option(0.0, "--temperature", help="LLM: sampling temperature."),
     max_window: int = typer.Option(30, "--max-window", min=2, help="LLM: most timesteps per request."),
@@ -138,7 +139,9 @@ def annotate_cmd(
         chosen: Any = ImportedCritic(critic_id, from_file)
         chosen.check_coverage(root, tuple(env), tuple(tier))
     else:
-        transport = TransportConfig(concurrency=concurrency, timeout_s=timeout, price_in=price_in, price_out=price_out)
+        transport = TransportConfig(
+            concurrency=concurrency, timeout_s=timeout, price_in=price_in, price_out=price_out, mode=transport_mode
+        )
         llm = LLMConfig(
             base_url=base_url, model=model, local_model=local_model, response_format=response_format,
             temperature=temperature, max_tokens=max_tokens, episodes_per_prompt=episodes_per_prompt,

@@ -21,6 +21,12 @@ LOCAL_MODEL = typer.Option(
 RESPONSE_FORMAT = typer.Option(
     "grammar", "--response-format", help="LLM: grammar | json_object | json_schema | vllm | none."
 )
+TRANSPORT = typer.Option(
+    "interactive",
+    "--transport",
+    help="LLM: interactive | batch (the OpenAI Batch API: files of requests at half the price, results within "
+    "24 h; needs --base-url; a rerun after a crash resumes the same batches, paying nothing twice).",
+)
 CRITIC_IDS = (
     "uniform | shapley | counterfactual | counterfactual-hN | env | "
     "llm-mca-shares | llm-taca-shares | llm-mca-temporal | llm-mca | llm-taca"
