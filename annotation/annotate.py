@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,11 +28,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from llmca_data.config import cap_workers
 from llmca_data.dataset import Dataset, EpisodeCredits, writing
 from llmca_data.envs import make_env
 from llmca_data.envs.base import EnvSpec
 from llmca_data.errors import UnknownEnvError, UnknownTierError
+from llmca_data.executor import check_executor, open_executor
 from llmca_data.info import spec_from_info
 from llmca_data.layout import ShardName
 from llmca_data.rollout import Episode
@@ -98,12 +96,15 @@ def annotate(
     limit: int = 0,
     chunk_episodes: int = 8,
     progress: Progress | None = None,
+    executor: str = "local",
 ) -> AnnotateResult:
     """Annotate the dataset at ``root`` with ``critic`` (see the module docstring).
 
     ``limit`` > 0 keeps the first ``limit`` episodes of each env (in episode-id order, within the
     ``tiers`` filter), so the same command always touches the same episodes. Critics with an
     ``annotate_batch(episodes, env)`` method get all episodes of a shard at once, in this process.
+    ``executor`` ``ray`` runs the chunks as Ray tasks (``llmca_data.executor``); the workers return
+    credits and this process alone writes, so the shards equal a local run's.
     """
     started = time.perf_counter()
     column = credit_column(critic.critic_id)
@@ -116,50 +117,39 @@ def annotate(
         shards: list[str] = []
         if progress:
             progress(0, total)
-        ctx = multiprocessing.get_context("spawn")
-        batched = hasattr(critic, "annotate_batch")
-        workers = cap_workers(workers) if not batched else 1
-        pool = ProcessPoolExecutor(workers, mp_context=ctx) if workers > 1 else None
+        batched = hasattr(critic, "annotate_batch")  # the LLM critics: one request fan-out, in this process
+        kind = "local" if batched or total == 0 else check_executor(executor)
         try:
-            for work in plan:
-                if work.todo.size == 0:
-                    continue
-                spec = spec_from_info(info["envs"][work.shard.env_id])
-                steps_table, episodes = _load_episodes(ds, work, spec)
-                size = len(episodes) if batched else chunk_episodes
-                chunks = [episodes[k : k + size] for k in range(0, len(episodes), size)]
-                outputs: list[CriticOutput] = []
-                if pool is None:
-                    for chunk in chunks:
-                        outputs += _run_chunk(critic, spec.kwargs, chunk)
-                        done += len(chunk)
+            with open_executor(kind, 1 if batched else workers) as ex:
+                for work in plan:
+                    if work.todo.size == 0:
+                        continue
+                    spec = spec_from_info(info["envs"][work.shard.env_id])
+                    steps_table, episodes = _load_episodes(ds, work, spec)
+                    size = len(episodes) if batched else chunk_episodes
+                    chunks = [episodes[k : k + size] for k in range(0, len(episodes), size)]
+                    by_chunk: dict[int, list[CriticOutput]] = {}
+                    for k, outs in ex.map_unordered(_run_chunk, [(critic, spec.kwargs, chunk) for chunk in chunks]):
+                        by_chunk[k] = outs
+                        done += len(chunks[k])
                         if progress:
                             progress(done, total)
-                else:
-                    k = len(chunks)
-                    results = pool.map(_run_chunk, [critic] * k, [spec.kwargs] * k, chunks)
-                    for chunk, outs in zip(chunks, results, strict=True):
-                        outputs += outs
-                        done += len(chunk)
-                        if progress:
-                            progress(done, total)
-                credits = [
-                    EpisodeCredits(e.episode_id, o.credits, o.tasks) for e, o in zip(episodes, outputs, strict=True)
-                ]
-                rows = annotation_rows(critic, episodes, outputs, spec)
-                ds.write_critic(work.shard, steps_table, critic.critic_id, spec.n_agents, credits, rows)
-                ds.record_critic(critic.critic_id, critic.params())
-                ds.commit()
-                shards.append(str(work.shard))
-                failed += sum(o.status == "failed" for o in outputs)
-                steps += sum(e.length for e in episodes)
-                env_steps += sum(int(o.extra.get("env_steps", 0)) for o in outputs)
-                tokens_in += sum(o.tokens_in for o in outputs)
-                tokens_out += sum(o.tokens_out for o in outputs)
-                cost += sum(o.cost_usd for o in outputs)
+                    outputs = [o for k in range(len(chunks)) for o in by_chunk[k]]
+                    credits = [
+                        EpisodeCredits(e.episode_id, o.credits, o.tasks) for e, o in zip(episodes, outputs, strict=True)
+                    ]
+                    rows = annotation_rows(critic, episodes, outputs, spec)
+                    ds.write_critic(work.shard, steps_table, critic.critic_id, spec.n_agents, credits, rows)
+                    ds.record_critic(critic.critic_id, critic.params(), kind)
+                    ds.commit()
+                    shards.append(str(work.shard))
+                    failed += sum(o.status == "failed" for o in outputs)
+                    steps += sum(e.length for e in episodes)
+                    env_steps += sum(int(o.extra.get("env_steps", 0)) for o in outputs)
+                    tokens_in += sum(o.tokens_in for o in outputs)
+                    tokens_out += sum(o.tokens_out for o in outputs)
+                    cost += sum(o.cost_usd for o in outputs)
         finally:
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)
             close = getattr(critic, "close", None)
             if close is not None:
                 close()

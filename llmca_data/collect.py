@@ -1,14 +1,15 @@
 """Collect episodes of a tier's behaviour policy into a dataset directory.
 
-Input: a ``CollectConfig`` (env id, tier, number of episodes, base seed, workers) and a
+Input: a ``CollectConfig`` (env id, tier, number of episodes, base seed, workers, executor) and a
 dataset directory (new or existing). Output: new ``steps`` and ``episodes`` shards for that
 env and tier (a growing index; shards are never appended in place), ``meta/info.json``, and
 ``meta/manifest.json`` last, as the commit point.
 
 Deterministic: episode i is played from env seed ``episode_seed(seed, i)`` with policy
 streams derived from that seed, so the same arguments give identical rows, whatever
-``workers`` is. Resumable: finished chunks of episodes are staged under
-``.staging/<job>/`` as they complete; a rerun after a kill reuses them and plays only the
+``workers`` and the executor (``local`` processes or Ray, ``llmca_data.executor``) are. Workers
+return each chunk's tables and only this process writes: finished chunks are staged under
+``.staging/<job>/`` as they arrive; a rerun after a kill reuses them and plays only the
 missing episodes. Episodes whose seed is already committed for that env and tier are
 skipped, so a rerun adds nothing and a larger ``--episodes`` adds only the new ones. New
 episodes get fresh ids above every id in the dataset.
@@ -20,10 +21,8 @@ import hashlib
 import json
 import logging
 import math
-import multiprocessing
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -32,10 +31,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from llmca_data import __version__
-from llmca_data.config import cap_workers
 from llmca_data.dataset import Dataset, DatasetWriter, renumber_episodes, writing
 from llmca_data.envs import MultiAgentEnv, make_env
 from llmca_data.envs.base import EnvSpec
+from llmca_data.executor import check_executor, open_executor
 from llmca_data.layout import STAGING_DIR
 from llmca_data.rollout import episode_seed, run_episode, tier_rng
 from llmca_data.shards import MAX_SHARD_BYTES, read_shard, write_shard
@@ -59,7 +58,9 @@ class CollectConfig:
     seed: int = 0
     """Base seed; episode i uses env seed ``episode_seed(seed, i)`` (always < 2**31)."""
     workers: int = 1
-    """Processes playing episodes in parallel (1 = in this process)."""
+    """Processes playing episodes in parallel (1 = in this process); Ray CPUs with ``executor="ray"``."""
+    executor: str = "local"
+    """``local`` (this process or a process pool) or ``ray``; the shards are the same either way."""
     chunk_episodes: int = 16
     """Episodes per staged chunk: the progress step and the most a kill can lose."""
     max_shard_bytes: int = MAX_SHARD_BYTES
@@ -86,8 +87,8 @@ class CollectResult:
 _ENV_CACHE: dict[str, MultiAgentEnv] = {}
 
 
-def _play_chunk(root: str, job: str, config: CollectConfig, indices: list[int]) -> int:
-    """Play episodes ``indices`` and stage them as one chunk; returns the number of steps."""
+def _play_chunk(config: CollectConfig, indices: list[int]) -> tuple[pa.Table, pa.Table]:
+    """Play episodes ``indices``; returns their steps and episodes tables (written by the caller only)."""
     key = json.dumps([config.env_id, config.env_kwargs], sort_keys=True)
     env = _ENV_CACHE.get(key)
     if env is None:
@@ -98,11 +99,12 @@ def _play_chunk(root: str, job: str, config: CollectConfig, indices: list[int]) 
         policy = tier_policy(config.env_id, config.tier, tier_rng(seed))
         episodes.append(run_episode(env, policy, seed, config.tier))
     # Staged tables carry the episode *index* in `episode_id`; real ids are given at commit.
-    steps, eps = episodes_to_tables(episodes, indices, env.spec)
-    stage = Path(root) / STAGING_DIR / job
+    return episodes_to_tables(episodes, indices, env.spec)
+
+
+def _stage(stage: Path, indices: list[int], steps: pa.Table, eps: pa.Table) -> None:
     write_shard(stage, f"chunk-{indices[0]:08d}.steps.parquet", steps)
     write_shard(stage, f"chunk-{indices[0]:08d}.episodes.parquet", eps)  # written last: chunk complete
-    return int(steps.num_rows)
 
 
 def _staged_chunks(stage: Path) -> dict[Path, np.ndarray]:
@@ -133,6 +135,7 @@ def collect(root: Path, config: CollectConfig, progress: Progress | None = None)
     tier_spec(config.tier)
     if config.episodes < 1 or config.workers < 1 or config.chunk_episodes < 1:
         raise ValueError("episodes, workers and chunk_episodes must all be >= 1")
+    check_executor(config.executor)
     spec = make_env(config.env_id, **config.env_kwargs).spec
     job = config.job_id()
     stage = root / STAGING_DIR / job
@@ -149,21 +152,12 @@ def collect(root: Path, config: CollectConfig, progress: Progress | None = None)
         if progress:
             progress(done, config.episodes)
         chunks = [todo[k : k + config.chunk_episodes] for k in range(0, len(todo), config.chunk_episodes)]
-        if config.workers == 1 or len(chunks) <= 1:
-            for chunk in chunks:
-                _play_chunk(str(root), job, config, chunk)
-                done += len(chunk)
+        with open_executor(config.executor if chunks else "local", min(config.workers, max(1, len(chunks)))) as ex:
+            for k, (steps, eps) in ex.map_unordered(_play_chunk, [(config, c) for c in chunks]):
+                _stage(stage, chunks[k], steps, eps)
+                done += len(chunks[k])
                 if progress:
                     progress(done, config.episodes)
-        else:
-            ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(cap_workers(config.workers), len(chunks)), mp_context=ctx) as pool:
-                futures = {pool.submit(_play_chunk, str(root), job, config, c): len(c) for c in chunks}
-                for fut in as_completed(futures):
-                    fut.result()
-                    done += futures[fut]
-                    if progress:
-                        progress(done, config.episodes)
         files, new_steps, new_eps = _commit(ds, spec, config, stage, set(seeds) - committed)
     return CollectResult(config.env_id, config.tier, new_eps, new_steps, skipped, files, time.perf_counter() - started)
 
@@ -226,7 +220,7 @@ def _commit(
     steps, eps = renumber_episodes(steps, eps, ds.next_episode_id())
     files = ds.append_episodes(spec, config.tier, steps, eps, max_shard_bytes=config.max_shard_bytes)
     policy_ids = sorted({p.split("/")[0] for p in eps.column("policy_id").to_pylist()})
-    ds.record_collection(spec, config.tier, policy_ids)
+    ds.record_collection(spec, config.tier, policy_ids, executor=config.executor)
     ds.commit()
     for eps_path in used:
         eps_path.unlink()

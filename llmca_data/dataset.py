@@ -312,19 +312,19 @@ class DatasetWriter(Dataset):
         self._commit.write_bytes(rel_path, data)
 
     def record_collection(
-        self, spec: EnvSpec, tier: str, policy_ids: list[str], description: str | None = None
+        self, spec: EnvSpec, tier: str, policy_ids: list[str], description: str | None = None, executor: str = "local"
     ) -> dict[str, Any]:
         """Record an env/tier collection in ``meta/info.json`` (``description`` overrides the tier's)."""
-        info = record_collection(self.root, spec, tier, policy_ids)
+        info = record_collection(self.root, spec, tier, policy_ids, executor)
         if description is not None:
             info["envs"][spec.env_id]["tiers"][tier]["description"] = description
             self.save_info(info)
         return info
 
-    def record_critic(self, critic_id: str, params: dict[str, Any]) -> None:
-        """Record a critic's provenance (column, params, package version) in ``meta/info.json``."""
+    def record_critic(self, critic_id: str, params: dict[str, Any], executor: str = "local") -> None:
+        """Record a critic's provenance (column, params, package version, executor) in ``meta/info.json``."""
         info = self.info()
-        record_critic(info, critic_id, params)
+        record_critic(info, critic_id, params, executor)
         self.save_info(info)
 
     def save_info(self, info: dict[str, Any]) -> None:

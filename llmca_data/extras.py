@@ -27,6 +27,7 @@ EXTRAS: dict[str, str] = {
     "arch": "leaderboard",
     "pandas": "leaderboard",
     "seaborn": "leaderboard",
+    "ray": "scale",
 }
 """Top-level module → the ``llmca-data[extra]`` that installs it (``.[all]`` installs every one but
 ``gemma``, a second 253 MB embedded model)."""

@@ -86,8 +86,12 @@ def spec_from_info(env: dict[str, Any]) -> EnvSpec:
         raise MetadataError(f"{INFO_PATH}: malformed env spec ({exc!r}); {_RESTORE}") from exc
 
 
-def record_collection(root: Path, spec: EnvSpec, tier: str, policy_ids: list[str]) -> dict[str, Any]:
-    """Add one env/tier collection to ``meta/info.json`` (atomically) and return the document."""
+def record_collection(
+    root: Path, spec: EnvSpec, tier: str, policy_ids: list[str], executor: str = "local"
+) -> dict[str, Any]:
+    """Add one env/tier collection to ``meta/info.json`` (atomically) and return the document.
+
+    ``executor`` (``local`` or ``ray``) is the one that played this run's episodes."""
     info = load_info(root)
     env = info["envs"].setdefault(spec.env_id, {})
     if env.get("spec", {}).get("kwargs", spec.kwargs) != spec.kwargs:
@@ -100,6 +104,7 @@ def record_collection(root: Path, spec: EnvSpec, tier: str, policy_ids: list[str
     tiers = env.setdefault("tiers", {})
     entry = tiers.setdefault(tier, {**tier_spec(tier).to_dict(), "policy_ids": []})
     entry["policy_ids"] = sorted(set(entry["policy_ids"]) | set(policy_ids))
+    entry["executor"] = executor
     info.update(schema_version=SCHEMA_VERSION, package_version=__version__, versions=package_versions())
     write_json_atomic(root / INFO_PATH, info)
     return info
@@ -113,12 +118,14 @@ def record_recipe(root: Path, recipe: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-def record_critic(info: dict[str, Any], critic_id: str, params: dict[str, Any]) -> None:
-    """Record a critic's provenance in the ``info`` document: its credit column, params and package version."""
+def record_critic(info: dict[str, Any], critic_id: str, params: dict[str, Any], executor: str = "local") -> None:
+    """Record a critic's provenance in the ``info`` document: its credit column, params, package version
+    and the executor (``local`` or ``ray``) that computed the credits."""
     info.setdefault("critics", {})[critic_id] = {
         "column": credit_column(critic_id),
         "params": params,
         "package_version": __version__,
+        "executor": executor,
     }
 
 

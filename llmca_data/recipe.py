@@ -38,6 +38,7 @@ import tomllib
 
 from llmca_data.config import ConfigError, JsonConfig, bounded
 from llmca_data.envs.ids import EnvId
+from llmca_data.executor import EXECUTORS
 from llmca_data.tiers import TIERS
 
 RECIPE_VERSION = 1
@@ -160,6 +161,9 @@ class Recipe(JsonConfig):
     """Base seed of every collection run."""
     workers: int = bounded(2, low=1)
     """Processes for collection, annotation and training runs."""
+    executor: str = "local"
+    """Where collection and reference annotation run: ``local`` processes or ``ray`` (Ray tasks, the
+    cluster at ``$RAY_ADDRESS`` or a local one); the dataset is the same either way."""
     data: tuple[DataSpec, ...] = ()
     """The envs to collect."""
     annotate: AnnotateSpec = AnnotateSpec()
@@ -182,6 +186,8 @@ class Recipe(JsonConfig):
         """
         if not self.data:
             raise RecipeError(f"{owner}: a recipe needs at least one [[data]] entry")
+        if self.executor not in EXECUTORS:
+            raise RecipeError(f"{owner}: executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         for i, d in enumerate(self.data):
             key = f"data[{i}]"
             _check_env(owner, f"{key}.env", d.env)

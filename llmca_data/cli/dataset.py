@@ -18,7 +18,7 @@ from rich.table import Table
 from llmca_data.cli.output import console, critic_eval_table, problem, warn
 from llmca_data.cli.progress import progress_bar
 
-from .llm_options import BASE_URL, CRITIC_IDS, LOCAL_MODEL, MODEL, RESPONSE_FORMAT, TRANSPORT
+from .llm_options import BASE_URL, CRITIC_IDS, EXECUTOR, LOCAL_MODEL, MODEL, RESPONSE_FORMAT, TRANSPORT
 
 _DIRECTORY = typer.Argument(None, help="Dataset directory (same as --dataset).", show_default=False)
 _DATASET = typer.Option(None, "--dataset", help="Dataset directory.", show_default=False)
@@ -62,6 +62,7 @@ def collect_cmd(
     workers: int = typer.Option(
         1, "--workers", min=1, help="Processes playing episodes in parallel (at most one per CPU)."
     ),
+    executor: str = EXECUTOR,
 ) -> None:
     """Play episodes of a tier's behaviour policy and add them to a dataset directory.
 
@@ -70,7 +71,7 @@ def collect_cmd(
     """
     from llmca_data.collect import CollectConfig, collect
 
-    config = CollectConfig(env_id=env_id, tier=tier, episodes=episodes, seed=seed, workers=workers)
+    config = CollectConfig(env_id=env_id, tier=tier, episodes=episodes, seed=seed, workers=workers, executor=executor)
     with progress_bar(f"collect {env_id} {tier}", "episodes") as update:
         result = collect(dataset, config, progress=update)
     console.print(
@@ -91,6 +92,7 @@ def annotate_cmd(
     workers: int = typer.Option(
         1, "--workers", min=1, help="Processes computing credits in parallel (at most one per CPU)."
     ),
+    executor: str = EXECUTOR,
     force: bool = typer.Option(False, "--force", help="Recompute episodes that already have these credits."),
     from_file: Path = typer.Option(None, "--from-file", help="Import credits: Parquet with episode_id, t, credit."),
     critic_id: str = typer.Option(
@@ -159,7 +161,7 @@ def annotate_cmd(
     with progress_bar(f"annotate {chosen.critic_id}", "episodes") as update:
         result = annotate(
             root, chosen, envs=tuple(env), tiers=tuple(tier), workers=workers, force=force, limit=limit,
-            progress=update,
+            executor=executor, progress=update,
         )  # fmt: skip
     console.print(
         f"{chosen.critic_id}: {result.episodes} episodes annotated ({result.steps} steps, {result.failed} failed), "

@@ -27,6 +27,12 @@ TRANSPORT = typer.Option(
     help="LLM: interactive | batch (the OpenAI Batch API: files of requests at half the price, results within "
     "24 h; needs --base-url; a rerun after a crash resumes the same batches, paying nothing twice).",
 )
+EXECUTOR = typer.Option(
+    "local",
+    "--executor",
+    help="local (this process or --workers processes) | ray (Ray tasks: the cluster at $RAY_ADDRESS, else a local "
+    "Ray with --workers CPUs; pip install 'llmca-data[scale]'). The shards are the same either way.",
+)
 CRITIC_IDS = (
     "uniform | shapley | counterfactual | counterfactual-hN | env | "
     "llm-mca-shares | llm-taca-shares | llm-mca-temporal | llm-mca | llm-taca"

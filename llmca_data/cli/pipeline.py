@@ -45,6 +45,7 @@ def pipeline_cmd(
         "quick", "--recipe", help="Built-in recipe (quick: ~5 min; benchmark: hours) or the path of a recipe .toml."
     ),
     workers: int = typer.Option(None, "--workers", min=1, help="Processes for collection (default: the recipe's)."),
+    executor: str = typer.Option(None, "--executor", help="local | ray (default: the recipe's; see collect --help)."),
     seed: int = typer.Option(None, "--seed", min=0, help="Base seed of every collection run (default: the recipe's)."),
 ) -> None:
     """Run the whole flow as a recipe says and print where everything went.
@@ -59,7 +60,8 @@ def pipeline_cmd(
 
     recipe, _ = load_recipe(recipe_name)
     recipe = replace(recipe, workers=recipe.workers if workers is None else workers,
-                     seed=recipe.seed if seed is None else seed)  # fmt: skip
+                     seed=recipe.seed if seed is None else seed,
+                     executor=recipe.executor if executor is None else executor)  # fmt: skip
     grid = grid_from_recipe(recipe, recipe_name)
     report = _Report(out, recipe)
     dataset = out / "dataset"
@@ -120,7 +122,8 @@ def _collect(dataset: Path, recipe: Recipe) -> list[dict[str, Any]]:
     collected = []
     for entry in recipe.data:
         for tier in entry.tiers:
-            c = CollectConfig(entry.env, tier, entry.episodes or 64, seed=recipe.seed, workers=recipe.workers)
+            c = CollectConfig(entry.env, tier, entry.episodes or 64, seed=recipe.seed, workers=recipe.workers,
+                              executor=recipe.executor)  # fmt: skip
             with progress_bar(f"collect {entry.env} {tier}", "episodes") as update:
                 if entry.transitions is None:
                     result = collect(dataset, c, progress=update)
@@ -143,7 +146,8 @@ def _annotate(dataset: Path, recipe: Recipe) -> list[dict[str, Any]]:
     annotated = []
     for critic_id in recipe.annotate.critics:
         with progress_bar(f"annotate {critic_id}", "episodes") as update:
-            result = annotate(dataset, make_critic(critic_id), workers=recipe.workers, progress=update)
+            result = annotate(dataset, make_critic(critic_id), workers=recipe.workers, progress=update,
+                              executor=recipe.executor)  # fmt: skip
         annotated.append(asdict(result))
         console.print(
             f"annotated {critic_id:<15} {result.episodes:>4} episodes, {result.skipped:>4} done before, "
