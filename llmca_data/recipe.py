@@ -96,6 +96,15 @@ class AnnotateSpec(JsonConfig):
     """Episodes per env for each LLM critic (the first ones, in episode-id order)."""
     llm_budget_s: float = bounded(600.0, low=0.0)
     """No new LLM critic run starts after this many seconds of LLM annotation."""
+    llm_base_url: str = ""
+    """The LLM critics' OpenAI-compatible endpoint (e.g. a vLLM server's ``http://host:8000/v1``);
+    empty: the embedded local model."""
+    llm_model: str = ""
+    """The model name at ``llm_base_url`` (required with it)."""
+    llm_response_format: str = "grammar"
+    """As ``llmca annotate --response-format``: grammar | json_object | json_schema | vllm | none."""
+    llm_transport: str = "interactive"
+    """``interactive``, or ``batch`` (the OpenAI Batch API; needs ``llm_base_url``)."""
     comparisons: tuple[tuple[str, str], ...] = (
         ("uniform", "shapley"),
         ("counterfactual", "shapley"),
@@ -186,6 +195,14 @@ class Recipe(JsonConfig):
         """
         if not self.data:
             raise RecipeError(f"{owner}: a recipe needs at least one [[data]] entry")
+        if self.annotate.llm_transport not in ("interactive", "batch"):
+            raise RecipeError(f"{owner}: annotate.llm_transport must be interactive or batch, "
+                              f"got {self.annotate.llm_transport!r}")  # fmt: skip
+        if bool(self.annotate.llm_base_url) != bool(self.annotate.llm_model):
+            raise RecipeError(f"{owner}: annotate.llm_base_url and annotate.llm_model go together (both or neither)")
+        if self.annotate.llm_transport == "batch" and not self.annotate.llm_base_url:
+            raise RecipeError(f"{owner}: annotate.llm_transport 'batch' needs annotate.llm_base_url (an endpoint "
+                              "with the Batch API) and annotate.llm_model")  # fmt: skip
         if self.executor not in EXECUTORS:
             raise RecipeError(f"{owner}: executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
         for i, d in enumerate(self.data):

