@@ -50,10 +50,14 @@ def timed(fn: object, *args: object, **kwargs: object) -> float:
     return time.perf_counter() - start
 
 
+def _noop(k: int) -> int:
+    return k
+
+
 def startup(executor: str) -> None:
     """Open the executor with 2 workers, run two trivial chunks, close it: the fixed cost of a command."""
     with open_executor(executor, 2) as ex:
-        list(ex.map_unordered(int, [("1",), ("2",)]))
+        list(ex.map_unordered(_noop, [(1,), (2,)]))
 
 
 def ray_vs_local(sizes: list[int], scratch: Path) -> list[dict[str, float]]:

@@ -15,7 +15,7 @@ from rich.table import Table
 from llmca_data.cli.output import console, warn
 from llmca_data.cli.progress import progress_bar
 
-from .llm_options import BASE_URL, LOCAL_MODEL, MODEL, RESPONSE_FORMAT, TRANSPORT
+from .llm_options import BASE_URL, LOCAL_MODEL, MODEL, RESPONSE_FORMAT, TRANSPORT, show_batch_status
 
 _SETTINGS = {"plain": ("plain",), "delayed": ("delayed",), "both": ("plain", "delayed")}
 
@@ -100,6 +100,7 @@ def critic_bench_cmd(
         raise typer.BadParameter(f"--setting must be plain, delayed or both, got {setting!r}")
     if credits is not None and setting in (None, "both"):
         raise typer.BadParameter("imported credits were computed for one setting: give --setting plain or delayed")
+    show_batch_status(transport_mode)
     transport = TransportConfig(
         concurrency=concurrency, timeout_s=timeout, price_in=price_in, price_out=price_out, mode=transport_mode
     )

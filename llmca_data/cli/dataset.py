@@ -18,7 +18,16 @@ from rich.table import Table
 from llmca_data.cli.output import console, critic_eval_table, problem, warn
 from llmca_data.cli.progress import progress_bar
 
-from .llm_options import BASE_URL, CRITIC_IDS, EXECUTOR, LOCAL_MODEL, MODEL, RESPONSE_FORMAT, TRANSPORT
+from .llm_options import (
+    BASE_URL,
+    CRITIC_IDS,
+    EXECUTOR,
+    LOCAL_MODEL,
+    MODEL,
+    RESPONSE_FORMAT,
+    TRANSPORT,
+    show_batch_status,
+)
 
 _DIRECTORY = typer.Argument(None, help="Dataset directory (same as --dataset).", show_default=False)
 _DATASET = typer.Option(None, "--dataset", help="Dataset directory.", show_default=False)
@@ -141,6 +150,7 @@ def annotate_cmd(
         chosen: Any = ImportedCritic(critic_id, from_file)
         chosen.check_coverage(root, tuple(env), tuple(tier))
     else:
+        show_batch_status(transport_mode)
         transport = TransportConfig(
             concurrency=concurrency, timeout_s=timeout, price_in=price_in, price_out=price_out, mode=transport_mode
         )

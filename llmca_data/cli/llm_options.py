@@ -8,6 +8,8 @@ import the critic registry at start-up (it pulls in numpy), so ``CRITIC_IDS`` is
 
 from __future__ import annotations
 
+import logging
+
 import typer
 
 BASE_URL = typer.Option("", "--base-url", help="LLM: OpenAI-compatible endpoint; default starts a local one.")
@@ -33,6 +35,15 @@ EXECUTOR = typer.Option(
     help="local (this process or --workers processes) | ray (Ray tasks: the cluster at $RAY_ADDRESS, else a local "
     "Ray with --workers CPUs; pip install 'llmca-data[scale]'). The shards are the same either way.",
 )
+
+
+def show_batch_status(transport_mode: str) -> None:
+    """With ``--transport batch``, print each batch's status as it is polled (hours can pass otherwise
+    with the progress bar at 0)."""
+    if transport_mode == "batch":
+        logging.getLogger("llmca_data.annotation.llm.batch").setLevel(logging.INFO)
+
+
 CRITIC_IDS = (
     "uniform | shapley | counterfactual | counterfactual-hN | env | "
     "llm-mca-shares | llm-taca-shares | llm-mca-temporal | llm-mca | llm-taca"
