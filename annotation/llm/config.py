@@ -84,7 +84,9 @@ class LLMConfig(JsonConfig):
     form critic (``llm-mca-shares``, ``llm-taca-shares``, ``llm-mca-temporal``); the critic registry
     sets it from the critic id asked for."""
     base_url: str = ""
-    """An OpenAI-compatible endpoint; empty starts the embedded llama.cpp server."""
+    """An OpenAI-compatible endpoint, or several separated by commas (the same model served on each,
+    e.g. one vLLM server per GPU: requests are spread round-robin); empty starts the embedded
+    llama.cpp server."""
     model: str = ""
     """The model name sent with requests; empty = the embedded server's alias."""
     local_model: str = DEFAULT_LOCAL_MODEL
@@ -127,11 +129,20 @@ class LLMConfig(JsonConfig):
         if self.shares and self.team_reward == "noisy":
             raise ConfigError(f"{self.critic} asks only about rewarded steps; --team-reward noisy makes every step "
                               "rewarded: use llm-mca or llm-taca for the noisy variant")  # fmt: skip
+        if any(not url.startswith(("http://", "https://")) for url in self.base_urls):
+            raise ConfigError(f"--base-url takes http(s) URLs separated by commas, got {self.base_url!r}")
+        if self.transport.mode == "batch" and len(self.base_urls) > 1:
+            raise ConfigError("--transport batch sends its files to one endpoint: give one --base-url")
         if self.transport.mode == "batch" and not self.base_url:
             raise ConfigError("--transport batch sends files of requests to an endpoint with the Batch API: give "
                               "--base-url (e.g. https://api.openai.com/v1) and --model")  # fmt: skip
         if self.shares and self.episodes_per_prompt > 1:
             raise ConfigError(f"{self.critic} sends one episode (window) per request: use --episodes-per-prompt 1")
+
+    @property
+    def base_urls(self) -> tuple[str, ...]:
+        """The endpoints of ``base_url`` (empty: the embedded server)."""
+        return tuple(u.strip() for u in self.base_url.split(",") if u.strip())
 
     @property
     def critic_id(self) -> str:

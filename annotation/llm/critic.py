@@ -238,17 +238,15 @@ class LLMCritic:
         if self.batch_runner is not None:
             self.batch_runner.close()
 
-    def _client(self) -> LLMClient:
-        cfg = self.config
-        base_url = cfg.base_url or (self._embedded.base_url if self._embedded else "")
-        return LLMClient(ClientConfig(base_url=base_url, model=self.model, transport=cfg.transport))
-
     async def _run_all(self, requests: list[_Request]) -> None:
-        client = self._client()
+        """Every request, spread round-robin over the endpoints (each with its own concurrency)."""
+        urls = self.config.base_urls or ((self._embedded.base_url,) if self._embedded else ())
+        clients = [LLMClient(ClientConfig(base_url=u, model=self.model, transport=self.config.transport)) for u in urls]
         try:
-            await asyncio.gather(*(self._run(client, r) for r in requests))
+            await asyncio.gather(*(self._run(clients[k % len(clients)], r) for k, r in enumerate(requests)))
         finally:
-            await client.aclose()
+            for client in clients:
+                await client.aclose()
 
     async def _ask(
         self, client: LLMClient, request: _Request, messages: list[dict[str, str]]

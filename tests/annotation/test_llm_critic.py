@@ -51,6 +51,7 @@ from llmca_data.annotation.llm.config import TransportConfig
 from llmca_data.annotation.llm.critic import LLMConfig, LLMCritic
 from llmca_data.annotation.llm.prompt import estimate_tokens, prompt_version
 from llmca_data.annotation.llm.reply import ReplyError, parse_reply
+from llmca_data.config import ConfigError
 from llmca_data.schema import from_fsl, fsl
 from llmca_data.shards import Manifest, read_shard
 from llmca_data.validate import validate
@@ -238,6 +239,23 @@ def test_a_fresh_cache_passed_to_the_critic_is_used(fake_openai: FakeOpenAI, tmp
     fresh = ReplyCache(tmp_path / "fresh.sqlite")
     critic = LLMCritic(LLMConfig(base_url=fake_openai.base_url, model="fake-model"), cache=fresh)
     assert critic.cache is fresh
+
+
+def test_requests_fan_out_over_several_endpoints(lbf_dataset: Path, fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    with FakeOpenAI(responder(valid_reply_for)) as second:
+        serve(fake_openai)
+        critic = llm_critic(fake_openai, tmp_path / "cache.sqlite")
+        critic = LLMCritic(LLMConfig(**{**critic.config.to_dict(), "transport": critic.config.transport,
+                                        "base_url": f"{fake_openai.base_url}, {second.base_url}"}),
+                           cache=critic.cache)  # fmt: skip
+        result = run(lbf_dataset, critic)
+        assert (result.episodes, result.failed) == (8, 0)
+        assert fake_openai.request_count == second.request_count == 4  # round-robin over the two servers
+    assert_expected_credits(lbf_dataset, "expert", EXPERT)
+    with pytest.raises(ConfigError, match="http\\(s\\) URLs separated by commas"):
+        LLMConfig(base_url="http://a/v1,127.0.0.1:8000/v1", model="m")
+    with pytest.raises(ConfigError, match="one --base-url"):
+        LLMConfig(base_url="http://a/v1,http://b/v1", model="m", transport=TransportConfig(mode="batch"))
 
 
 @pytest.mark.parametrize("response_format", ["json_object", "vllm", "none"])
