@@ -65,7 +65,7 @@ def test_a_killed_ray_worker_is_retried_without_duplicates(
 ) -> None:
     config = CollectConfig("rware-tiny-2ag", "random", 6, seed=5, chunk_episodes=2)
     collect(tmp_path / "local", config)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _system_config={"worker_niceness": 0})
     try:
         errors: list[BaseException] = []
 
