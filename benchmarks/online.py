@@ -123,6 +123,11 @@ def main() -> None:
     parser.add_argument("--envs", nargs="+", default=list(ENVS))
     parser.add_argument("--critics", nargs="+", default=list(CRITICS))
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument(
+        "--first-seed", type=int, default=0,
+        help="seeds FIRST..FIRST+SEEDS-1 (split one grid over processes sharing --out; a final run over all "
+        "seeds, every run finished, only summarises)",
+    )  # fmt: skip
     parser.add_argument("--episodes", type=int, default=2000, help="episodes per run (reference critics, team)")
     parser.add_argument("--llm-episodes", type=int, default=40, help="episodes per LLM-critic run (slow locally)")
     parser.add_argument("--critic-every", type=int, default=10)
@@ -144,10 +149,11 @@ def main() -> None:
         if arm.partition("+")[2] not in ARM_SCALES:
             parser.error(f"unknown arm option in {arm!r}; use +step or +episode (e.g. llm-mca+episode)")
     results: dict[str, dict[str, Any]] = {}
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
     all_runs: list[Path] = []
     for env_id in args.envs:
         for critic in args.critics:
-            runs = [run_one(args, env_id, critic, seed) for seed in range(args.seeds)]
+            runs = [run_one(args, env_id, critic, seed) for seed in seeds]
             all_runs += runs
             results[f"{env_id} {critic}"] = summarise(runs)
     print(f"\n{'env':<22} {'critic':<15} {'final score':>14} {'ep. to 90':>10} {'tokens in/out':>15} "
@@ -170,7 +176,7 @@ def main() -> None:
         for env_id in args.envs:
             # the +step / +episode arms have the same credits as their plain arm
             for arm in (a for a in args.critics if a.startswith("llm-") and "+" not in a):
-                runs = [args.out / env_id / arm / f"seed{seed}" for seed in range(args.seeds)]
+                runs = [args.out / env_id / arm / f"seed{seed}" for seed in seeds]
                 for pair, sc in agreement(runs, arm, references).items():
                     agreements[f"{env_id} {arm} {pair}"] = sc
                     cells = [sc[k] for k in ("sign_agreement", "top_agent_accuracy", "spearman", "mae_scaled",
