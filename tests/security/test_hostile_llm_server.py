@@ -28,8 +28,8 @@ from llmca_data.annotation.annotate import annotate
 from llmca_data.annotation.llm.cache import ReplyCache
 from llmca_data.annotation.llm.client import ClientConfig, LLMClient, LLMResponseError
 from llmca_data.annotation.llm.config import LLMConfig, TransportConfig
-from llmca_data.annotation.llm.critic import QUOTE_MAX_CHARS, LLMCritic
-from llmca_data.annotation.llm.reply import ReplyError, parse_reply
+from llmca_data.annotation.llm.critic import LLMCritic
+from llmca_data.annotation.llm.reply import QUOTE_MAX_CHARS, ReplyError, parse_reply
 from llmca_data.cli import main
 from llmca_data.schema import from_fsl
 from llmca_data.shards import read_shard
