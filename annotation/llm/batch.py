@@ -13,8 +13,9 @@ as a further batch round, never as an interactive call. Passes repeat until noth
 One round: the deferred requests, sorted by key, are written as JSONL (``custom_id`` = the
 reply-cache key) and split into parts of at most ``batch_max_requests`` lines and
 ``batch_max_bytes`` bytes. Per part: upload (purpose ``batch``); record the input file id in the
-cache's ``batches`` table *before* creating the batch (24 h window, metadata naming the part);
-poll with growing waits (429/5xx/timeouts while polling are waited out, ``Retry-After``
+cache's ``batches`` table *before* creating the batch (24 h window, metadata naming the part).
+Every part is submitted before any is polled, so the batches run side by side; then each is
+polled with growing waits (429/5xx/timeouts while polling are waited out, ``Retry-After``
 honoured). A rerun after a crash finds the part's record, looks its batch up by metadata and input
 file and resumes polling, so no request is paid twice. At a terminal status the output and error
 files are read: a 200 line passes the interactive path's validation (``wire.parse_chat_body``) into
@@ -150,14 +151,25 @@ class BatchRunner:
             for line in fits:
                 self.errors[line.key] = reason
             return
-        for part in split_parts(fits, t.batch_max_requests, t.batch_max_bytes):
+        submitted = []
+        for part in split_parts(fits, t.batch_max_requests, t.batch_max_bytes):  # all parts run at once
             try:
-                self._run_part(part)
-            except LLMRequestError as exc:  # the part's record stays: a rerun resumes it without paying again
-                for line in part:
-                    self.errors[line.key] = f"{exc} (rerun to resume the batch; nothing is sent twice)"
+                submitted.append((part, *self._submit(part)))
+            except LLMRequestError as exc:
+                self._fail(part, exc)
+        for part, record, batch in submitted:
+            try:
+                self._consume(self._poll(batch), {line.key: line for line in part})
+                self.cache.save_batch_record(replace(record, consumed=True))
+            except LLMRequestError as exc:
+                self._fail(part, exc)
 
-    def _run_part(self, lines: list[BatchLine]) -> None:
+    def _fail(self, part: list[BatchLine], exc: LLMRequestError) -> None:
+        for line in part:  # the part's record stays: a rerun resumes its batch without paying again
+            self.errors[line.key] = f"{exc} (rerun to resume the batch; nothing is sent twice)"
+
+    def _submit(self, lines: list[BatchLine]) -> tuple[BatchRecord, dict[str, Any]]:
+        """The part's batch: found again (a resumed part) or uploaded and created."""
         data = b"".join(line.jsonl() for line in lines)
         part = hashlib.sha256(data).hexdigest()
         record = self.cache.batch_record(part)
@@ -173,9 +185,7 @@ class BatchRunner:
             batch = self._create(record)
             record = replace(record, batch_id=str(batch["id"]))
             self.cache.save_batch_record(record)
-        batch = self._poll(batch)
-        self._consume(batch, {line.key: line for line in lines})
-        self.cache.save_batch_record(replace(record, consumed=True))
+        return record, batch
 
     def _metadata(self, record: BatchRecord) -> dict[str, str]:
         return {"llmca_part": record.part, "llmca_attempt": str(record.attempt), "llmca_version": __version__}
