@@ -20,18 +20,13 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from fake_batches import FakeBatchAPI
-from fake_openai import FakeOpenAI, responder
-from llm_replies import valid_reply_for
-
 from llmca_data.annotation.annotate import annotate
 from llmca_data.annotation.llm.cache import ReplyCache
 from llmca_data.annotation.llm.config import LLMConfig, TransportConfig
@@ -42,6 +37,8 @@ from llmca_data.dataset import Dataset
 from llmca_data.executor import open_executor
 
 ENV = "rware-tiny-2ag"
+FAKES = Path(__file__).resolve().parent.parent / "tests" / "fake_batches.py"
+"""Serves the Files/Batches fake and the chat fake in a child process (they are test code, not the package)."""
 
 
 def timed(fn: object, *args: object, **kwargs: object) -> float:
@@ -90,8 +87,11 @@ def batch_overhead(requests: int, scratch: Path) -> dict[str, float]:
     root = scratch / "llm"
     collect(root, CollectConfig("lbf-8x8-2p-2f", "expert", requests, seed=2))
     out: dict[str, float] = {"requests": requests}
-    with FakeOpenAI(responder(valid_reply_for)) as chat, FakeBatchAPI(valid_reply_for) as api:
-        for mode, url in (("interactive", chat.base_url), ("batch", api.base_url)):
+    fakes = subprocess.Popen([sys.executable, str(FAKES)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert fakes.stdin is not None and fakes.stdout is not None
+    batch_url, chat_url = fakes.stdout.readline().split()
+    try:
+        for mode, url in (("interactive", chat_url), ("batch", batch_url)):
             copy = scratch / f"llm-{mode}"
             shutil.copytree(root, copy)
             transport = TransportConfig(mode=mode, batch_poll_s=0.0, backoff_s=0.0)
@@ -99,10 +99,14 @@ def batch_overhead(requests: int, scratch: Path) -> dict[str, float]:
                                transport=transport)  # fmt: skip
             critic = LLMCritic(config, cache=ReplyCache(scratch / f"{mode}.sqlite"))
             out[f"{mode}_s_per_request"] = timed(annotate, copy, critic) / requests
-        out["batch_polls"] = api.polls
+    finally:
+        fakes.stdin.close()
+        polls = fakes.stdout.readline().strip()
+        fakes.wait(timeout=30)
+    out["batch_polls"] = float(polls or "nan")
     out["overhead_s_per_request"] = out["batch_s_per_request"] - out["interactive_s_per_request"]
     print(f"batch transport: {out['batch_s_per_request'] * 1e3:.1f} ms per request vs interactive "
-          f"{out['interactive_s_per_request'] * 1e3:.1f} ms ({requests} requests, {api.polls} polls, "
+          f"{out['interactive_s_per_request'] * 1e3:.1f} ms ({requests} requests, {polls} polls, "
           "no model time)")  # fmt: skip
     return out
 

@@ -195,3 +195,15 @@ class FakeBatchAPI:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
 
         return Handler
+
+
+if __name__ == "__main__":  # `python tests/fake_batches.py`: serve both fakes (benchmarks/scale.py) until stdin closes
+    import sys
+
+    from fake_openai import FakeOpenAI, responder
+    from llm_replies import valid_reply_for
+
+    with FakeBatchAPI(valid_reply_for) as batch_api, FakeOpenAI(responder(valid_reply_for)) as chat:
+        print(batch_api.base_url, chat.base_url, flush=True)
+        sys.stdin.read()
+        print(batch_api.polls, flush=True)
