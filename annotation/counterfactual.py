@@ -25,19 +25,26 @@ from .critic import CriticOutput
 
 
 class CounterfactualCritic(ResimulatingCritic):
-    def __init__(self, horizon: int = 1, gamma: float = 0.99) -> None:
+    def __init__(self, horizon: int = 1, gamma: float = 0.99, delayed: bool = False) -> None:
         if horizon < 1 or not 0.0 < gamma <= 1.0:
             raise ValueError(f"need horizon >= 1 and 0 < gamma <= 1, got horizon={horizon}, gamma={gamma}")
+        if delayed and horizon != 1:
+            raise ValueError(f"counterfactual-delayed runs to the episode's end: drop horizon={horizon}")
         self.horizon = horizon
-        self.gamma = gamma
-        self.critic_id = "counterfactual" if horizon == 1 else f"counterfactual-h{horizon}"
+        self.gamma = 1.0 if delayed else gamma
+        self.delayed = delayed
+        self.critic_id = (
+            "counterfactual-delayed" if delayed else "counterfactual" if horizon == 1 else f"counterfactual-h{horizon}"
+        )
 
     def params(self) -> dict[str, Any]:
-        return {"type": "counterfactual", "horizon": self.horizon, "gamma": self.gamma, "baseline": "noop"}
+        horizon = "episode end" if self.delayed else self.horizon
+        return {"type": "counterfactual", "horizon": horizon, "gamma": self.gamma, "baseline": "noop"}
 
     def credit(self, episode: Episode, branch: Brancher, noop: int) -> CriticOutput:
         t_len, n = episode.action.shape
-        factual = discounted_window_returns(episode.reward_team, self.horizon, self.gamma)  # [T]
+        horizon = t_len if self.delayed else self.horizon
+        factual = discounted_window_returns(episode.reward_team, horizon, self.gamma)  # [T]
         credits = np.zeros((t_len, n), np.float64)  # [T, N]
         for t in range(t_len):
             for i in range(n):
@@ -45,5 +52,5 @@ class CounterfactualCritic(ResimulatingCritic):
                     continue
                 joint = episode.action[t].astype(np.int64)
                 joint[i] = noop
-                credits[t, i] = factual[t] - branch.team_return(t, joint, self.horizon, self.gamma)
+                credits[t, i] = factual[t] - branch.team_return(t, joint, horizon, self.gamma)
         return CriticOutput(credits.astype(np.float32))

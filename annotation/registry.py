@@ -6,8 +6,10 @@ checked id without building anything (``check_critic``, for recipes and configs)
 
 The CLI (`llmca annotate`), the pipeline and the online loop all ask this registry. Ids:
 
-- ``uniform``, ``shapley``, ``counterfactual`` (reference critics; ``counterfactual`` with
+- ``uniform``, ``shapley``, ``counterfactual``, ``env`` (reference critics; ``counterfactual`` with
   ``horizon`` H > 1 has the id ``counterfactual-hH``, which is also accepted as a name);
+  ``shapley-delayed``, ``counterfactual-delayed`` (their variants for a team reward seen only at
+  the episode's end: values are returns from t to the end);
 - ``llm-mca``, ``llm-taca`` (dense form), ``llm-mca-shares``, ``llm-taca-shares``, ``llm-mca-temporal``
   (shares form; the LLM critics: ``llm.team_reward`` delayed/noisy adds a suffix);
 - plugins: ``register_critic`` in code, or an entry point in the group ``llmca_data.critics``
@@ -84,12 +86,16 @@ def _env(critic_id: str, options: CriticOptions) -> Critic:
 def _shapley(critic_id: str, options: CriticOptions) -> Critic:
     from .shapley import ShapleyCritic
 
-    return ShapleyCritic(samples=options.samples, seed=options.seed)
+    return ShapleyCritic(samples=options.samples, seed=options.seed, delayed=critic_id.endswith("-delayed"))
 
 
 def _counterfactual(critic_id: str, options: CriticOptions) -> Critic:
     from .counterfactual import CounterfactualCritic
 
+    if critic_id.endswith("-delayed"):
+        if options.horizon != 1:
+            raise ConfigError(f"{critic_id} runs to the episode's end; drop horizon={options.horizon}")
+        return CounterfactualCritic(delayed=True)
     return CounterfactualCritic(horizon=options.horizon, gamma=options.gamma)
 
 
@@ -114,6 +120,18 @@ _BUILTIN: tuple[CriticEntry, ...] = (
     CriticEntry("llm-mca-shares", "llm", "an LLM gives each agent's percent share of each reward (sums to it)", _llm),
     CriticEntry("llm-taca-shares", "llm", "shares plus one task per agent per segment between rewards", _llm),
     CriticEntry("llm-mca-temporal", "llm", "shares, part of each moved to the earlier steps that enabled it", _llm),
+    CriticEntry(
+        "shapley-delayed",
+        "reference",
+        "Shapley value of each agent's action on the episode's return (the delayed team reward's reference)",
+        _shapley,
+    ),
+    CriticEntry(
+        "counterfactual-delayed",
+        "reference",
+        "episode return lost when one agent's action is replaced (the delayed team reward's reference)",
+        _counterfactual,
+    ),
 )
 _REGISTRY: dict[str, CriticEntry] = {e.critic_id: e for e in _BUILTIN}
 _plugins_loaded = False

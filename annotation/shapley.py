@@ -10,6 +10,11 @@ estimated from ``samples`` random orders (seeded by ``seed``, the episode seed a
 φ sums to v(all) − v(∅); adding v(∅)/N to every agent makes Σ_i credit_i = r_team at every
 step (efficiency). Steps with v(∅) ≠ 0 are listed in the annotation's ``raw_response``.
 Coalitions that differ only in agents whose logged action is the no-op are one simulation.
+
+``shapley-delayed`` is the variant for a team reward seen only at the episode's end: v(S) is
+the team return from t to the end (the no-op at t, then the logged actions, open loop), so
+each agent's credit is its share of how much the joint action at t changed the episode's
+return; the credits are φ (they sum to v(all) − v(∅)), since v(∅) is no reward of step t.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 
 from llmca_data.rollout import Episode
 
-from .branch import Brancher, ResimulatingCritic
+from .branch import Brancher, ResimulatingCritic, discounted_window_returns
 from .critic import CriticOutput
 
 MAX_EXACT_AGENTS = 4
@@ -75,11 +80,11 @@ def shapley_sampled(n: int, value: Callable[[int], float], samples: int, rng: np
 
 
 class ShapleyCritic(ResimulatingCritic):
-    critic_id = "shapley"
-
-    def __init__(self, samples: int = 256, seed: int = 0) -> None:
+    def __init__(self, samples: int = 256, seed: int = 0, delayed: bool = False) -> None:
         self.samples = samples
         self.seed = seed
+        self.delayed = delayed
+        self.critic_id = "shapley-delayed" if delayed else "shapley"
 
     def params(self) -> dict[str, Any]:
         return {
@@ -88,11 +93,13 @@ class ShapleyCritic(ResimulatingCritic):
             "max_exact_agents": MAX_EXACT_AGENTS,
             "samples": self.samples,
             "seed": self.seed,
+            "value": "return to episode end" if self.delayed else "one-step team reward",
         }
 
     def credit(self, episode: Episode, branch: Brancher, noop: int) -> CriticOutput:
         t_len, n = episode.action.shape
-        reward = episode.reward_team.astype(np.float64)  # [T]
+        # v(all): the logged reward of step t, or (delayed) the logged return from t to the end
+        reward = discounted_window_returns(episode.reward_team, t_len if self.delayed else 1, 1.0)  # [T]
         credits = np.zeros((t_len, n), np.float64)  # [T, N]
         v_empty: dict[int, float] = {}
         for t in range(t_len):
@@ -103,7 +110,7 @@ class ShapleyCritic(ResimulatingCritic):
                 joint = np.where([(mask >> i) & 1 for i in range(n)], logged, noop)
                 key = joint.tobytes()
                 if key not in cache:
-                    cache[key] = branch.team_return(t, joint)
+                    cache[key] = branch.team_return(t, joint, t_len - t if self.delayed else 1)
                 return cache[key]
 
             if n <= MAX_EXACT_AGENTS:
@@ -112,6 +119,9 @@ class ShapleyCritic(ResimulatingCritic):
             else:
                 rng = np.random.default_rng([self.seed, episode.seed, t])
                 phi = shapley_sampled(n, value, self.samples, rng)
+            if self.delayed:
+                credits[t] = phi
+                continue
             empty = value(0)
             credits[t] = efficient_credits(phi, empty)
             if empty != 0.0:

@@ -200,7 +200,7 @@ def train_iql_cql(
     (scaled as ``config.credit_scale`` says)."""
     device = resolve_device(config.device)
     data, info = load_data(dataset_path, env_id, tiers, config.reward, device, config.task_input,
-                           config.rnn_hidden > 0, config.credit_scale)  # fmt: skip
+                           config.rnn_hidden > 0, config.credit_scale, config.team_reward)  # fmt: skip
     return fit_iql_cql(data, info, Path(out_dir), config, progress)[0]
 
 

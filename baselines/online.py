@@ -42,7 +42,7 @@ from llmca_data.annotation.registry import CriticOptions, check_critic, make_cri
 from llmca_data.config import ConfigError, JsonConfig, bounded
 from llmca_data.dataset import writing
 from llmca_data.envs import MultiAgentEnv, make_env
-from llmca_data.loaders.arrays import CreditScale, check_credit_scale
+from llmca_data.loaders.arrays import CreditScale, TeamReward, check_credit_scale, check_team_reward
 from llmca_data.rollout import Episode, episode_seed, package_versions
 
 from .device import resolve_device
@@ -108,6 +108,11 @@ class OnlineConfig(JsonConfig):
     unrewarded step gets 0 whatever its credit) or ``episode`` (each episode sums to its return,
     all its credits scaled by one factor, so credit for steps that lead to reward survives). A
     run written with the older ``normalize_credits: true`` loads as ``step``."""
+    team_reward: TeamReward = "true"
+    """What the learner sees of the team reward: ``true``, or ``delayed`` (each episode's return at
+    its last step only). Delayed runs take ``team``, ``env`` (each agent's episode total at the end)
+    or a critic that saw the delayed reward (``shapley-delayed``, ``counterfactual-delayed``, an LLM
+    critic with ``llm.team_reward`` delayed)."""
     critic_options: CriticOptions = field(default_factory=CriticOptions)
     """The critic's options, as ``llmca annotate`` takes them (counterfactual ``horizon``, Shapley
     ``samples``, the nested ``llm`` endpoint/model/format); ``seed`` is replaced by the run's."""
@@ -116,8 +121,14 @@ class OnlineConfig(JsonConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_credit_scale(self.credit_scale)
+        check_team_reward(self.team_reward)
         if self.critic != "team":
-            check_critic(self.critic, self.critic_options)
+            critic_id = check_critic(self.critic, self.critic_options)
+            if self.team_reward == "delayed" and self.critic != "env" and not critic_id.endswith("-delayed"):
+                raise ConfigError(
+                    f"critic {critic_id} credits every step's team reward, which a delayed run does not see: use "
+                    "team, env, shapley-delayed, counterfactual-delayed or an LLM critic with team_reward delayed"
+                )
         if min(self.episodes, self.critic_every, self.eval_every, self.eval_episodes, self.checkpoint_every) < 1:
             raise ConfigError("episodes, critic_every, eval_every, eval_episodes and checkpoint_every must be >= 1")
         for name in ("eval_every", "checkpoint_every"):
@@ -239,6 +250,7 @@ class _Loop:
         progress: Progress | None,
     ) -> None:
         self.config, self.run_dir, self.learner, self.critic = config, run_dir, learner, critic
+        self.critic_delayed = critic is not None and critic.critic_id.endswith("-delayed")
         self.env, self.critic_env, self.dataset, self.body, self.progress = env, critic_env, dataset, body, progress
         self.counters: dict[str, Any] = {"env_steps": 0, "critic_calls": 0, "llm_requests": 0, "fallback_episodes": 0,
                                          "tokens_in": 0, "tokens_out": 0, "cost_usd": 0.0, "loss": None,
@@ -269,7 +281,8 @@ class _Loop:
                 self.pending += block
             with self._timer("learner"):
                 for episode, output in block:
-                    reward, task, fell_back = rewards_from(episode, output, self.config.credit_scale)
+                    reward, task, fell_back = rewards_from(episode, output, cfg.credit_scale, cfg.team_reward,
+                                                           self.critic_delayed)  # fmt: skip
                     self.learner.buffer.add_episode(episode, reward, task)
                     self.counters["fallback_episodes"] += int(fell_back)
                 steps = sum(e.length for e, _ in block)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from llmca_data.annotation.critic import CriticOutput
 from llmca_data.envs.base import BoolArray, FloatArray, IntArray, MultiAgentEnv, Step
-from llmca_data.loaders.arrays import check_credit_scale, rescale_credits
+from llmca_data.loaders.arrays import check_credit_scale, check_team_reward, delay_to_episode_end, rescale_credits
 from llmca_data.policies.base import random_legal_actions
 from llmca_data.reference import REFERENCE_RETURNS, normalized_score
 from llmca_data.rollout import Episode, eval_seed, run_episode
@@ -121,7 +121,11 @@ class DoubleDQN:
 
 
 def rewards_from(
-    episode: Episode, output: CriticOutput | None, credit_scale: str = "none"
+    episode: Episode,
+    output: CriticOutput | None,
+    credit_scale: str = "none",
+    team_reward: str = "true",
+    critic_delayed: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None, bool]:
     """Per-agent rewards ``[T, N]``, tasks ``[T, N]`` (or None) and whether the team reward was a fallback.
 
@@ -129,18 +133,27 @@ def rewards_from(
     back to the same. ``credit_scale`` puts a critic's credits on the team reward's scale as the
     offline loaders do (``rescale_credits``): ``none`` keeps them, ``step`` makes each step sum to
     ``reward_team``, ``episode`` makes the episode's credits sum to its return with one factor.
+    ``team_reward="delayed"``: the learner sees the episode's return at its last step only; the team
+    reward is moved there, and so are the credits unless ``critic_delayed`` (the critic saw only the
+    delayed reward: ``shapley-delayed``, ``llm-mca-shares-delayed``, ...); ``env`` thus gives each
+    agent's episode total at the end.
 
     Raises:
-        ConfigError: an unknown ``credit_scale``.
+        ConfigError: an unknown ``credit_scale`` or ``team_reward``.
     """
     check_credit_scale(credit_scale)
-    team = np.repeat(episode.reward_team[:, None], episode.reward_env.shape[1], axis=1)  # [T, N]
+    delayed = check_team_reward(team_reward) == "delayed"
+    last = np.zeros(episode.length, np.int64)  # [T] one episode
+    reward_team = delay_to_episode_end(episode.reward_team[:, None], last)[:, 0] if delayed else episode.reward_team
+    team = np.repeat(reward_team[:, None], episode.reward_env.shape[1], axis=1)  # [T, N]
     if output is None:
         return team, None, False
     if output.status == "failed" or not np.isfinite(output.credits).all():
         return team, None, True
     credits = output.credits.astype(np.float32)  # [T, N]
-    return rescale_credits(credits, episode.reward_team, None, credit_scale), output.tasks, False
+    if delayed and not critic_delayed:
+        credits = delay_to_episode_end(credits, last)
+    return rescale_credits(credits, reward_team, None, credit_scale), output.tasks, False
 
 
 class _ObservedEnv:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from llmca_data.config import bounded
+from llmca_data.loaders.arrays import check_team_reward
 
 from .networks import AgentNet, GreedyPolicy, net_tensors, soft_update
 from .policy import save_run
@@ -60,6 +61,14 @@ class QConfig(TrainConfig):
     """Update the target net every this many gradient steps (with ``tau``)."""
     reward_scale: float = bounded(1.0, low=0.0, open_low=True)
     """Every reward is multiplied by this before training (Q-values are in scaled units)."""
+    team_reward: str = "true"
+    """What the learner sees of the team reward: ``true`` (every step's) or ``delayed`` (each
+    episode's return at its last step; ``env`` and ``team`` rewards are moved there too, and
+    credits must come from a critic that saw only that, e.g. ``shapley-delayed``)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_team_reward(self.team_reward)
 
 
 def q_bound(data: dict[str, torch.Tensor], gamma: float, team: bool = False) -> float:

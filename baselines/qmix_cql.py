@@ -143,9 +143,9 @@ def train_qmix_cql(
     config: QMIXCQLConfig,
     progress: Progress | None = None,
 ) -> Path:
-    """QMIX + CQL on ``env_id`` (``tiers``), always from the team reward."""
+    """QMIX + CQL on ``env_id`` (``tiers``), always from the team reward (delayed if ``config.team_reward`` says so)."""
     device = resolve_device(config.device)
-    data, info = load_data(dataset_path, env_id, tiers, "team", device)
+    data, info = load_data(dataset_path, env_id, tiers, "team", device, team_reward=config.team_reward)
     return fit_qmix_cql(data, info, Path(out_dir), config, progress)[0]
 
 

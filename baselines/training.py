@@ -109,18 +109,20 @@ def load_data(
     tasks: str | None = None,
     sequences: bool = False,
     credit_scale: str = "none",
+    team_reward: str = "true",
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Whole dataset resident on ``device``, and the run facts for ``config.json``.
 
     Transitions [M, ...], or with ``sequences`` whole episodes [S, T = max_steps, ...] with a
     ``mask`` [S, T] (for the GRU variant); ``task``/``next_task`` when ``tasks`` names a task critic.
-    ``credit_scale`` (``none``, ``step``, ``episode``) rescales the reward as ``transitions`` does.
+    ``credit_scale`` (``none``, ``step``, ``episode``) rescales the reward and ``team_reward``
+    (``true``, ``delayed``) delays it, as ``transitions`` does.
     """
     ds = OfflineDataset.open(dataset_path, env_id, tiers)
     if sequences:
-        data = ds.sequences(ds.spec.max_steps, reward=reward, device=device, credit_scale=credit_scale, tasks=tasks)
+        data = ds.sequences(ds.spec.max_steps, reward, device, credit_scale, tasks, team_reward)
     else:
-        data = ds.transitions(reward=reward, device=device, credit_scale=credit_scale, tasks=tasks)
+        data = ds.transitions(reward, device, credit_scale, tasks, team_reward)
     info = {
         "env_id": env_id,
         "env_kwargs": dict(ds.spec.kwargs),

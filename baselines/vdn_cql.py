@@ -80,9 +80,9 @@ def train_vdn_cql(
     config: VDNCQLConfig,
     progress: Progress | None = None,
 ) -> Path:
-    """VDN + CQL on ``env_id`` (``tiers``), always from the team reward."""
+    """VDN + CQL on ``env_id`` (``tiers``), always from the team reward (delayed if ``config.team_reward`` says so)."""
     device = resolve_device(config.device)
-    data, info = load_data(dataset_path, env_id, tiers, "team", device)
+    data, info = load_data(dataset_path, env_id, tiers, "team", device, team_reward=config.team_reward)
     return fit_vdn_cql(data, info, Path(out_dir), config, progress)[0]
 
 

@@ -14,8 +14,13 @@ The LLM critics run on a reduced budget (``--llm-episodes``) with the embedded l
 unless ``--base-url``/``--model`` point elsewhere. An arm ``CRITIC+step`` (e.g. ``llm-mca+step``;
 ``+norm`` is its older name) rescales each step's credits to sum to the team reward, and
 ``CRITIC+episode`` each episode's credits to sum to its return (``credit_scale``); with the same
-seeds it plays the same episodes, so its LLM requests come from the reply cache. Curves go to
-``OUT/curves.png`` (IQM and 95% bootstrap bands, rliable) and every number to ``OUT/results.json``.
+seeds it plays the same episodes, so its LLM requests come from the reply cache. An arm
+``CRITIC+delayed`` (``team+delayed``, ``env+delayed``, ``llm-mca-shares+delayed``) runs with a delayed
+team reward (each episode's return at its last step only); critics whose id ends in ``-delayed``
+(``shapley-delayed``, ``counterfactual-delayed``) always do. Curves go to ``OUT/curves.png`` (IQM and
+95% bootstrap bands, rliable) and every number to ``OUT/results.json``; ``--final-episodes K``
+evaluates each run's final policy on K greedy episodes (protocol v2 seeds) and ``--credit-json FILE``
+writes those scores in the credit experiment's format (``llmca leaderboard render --credit-results``).
 
 Usage::
 
@@ -49,16 +54,27 @@ ARM_SCALES = {"": "none", "step": "step", "episode": "episode", "norm": "step"}
 """Arm option (``CRITIC+OPTION``) → ``credit_scale``; ``norm`` is the older name of ``step``."""
 
 
+def parse_arm(arm: str) -> tuple[str, str, str]:
+    """``CRITIC[+OPTION...]`` → (critic, credit_scale option, team_reward)."""
+    critic, *options = arm.split("+")
+    delayed = "delayed" in options or critic.endswith("-delayed")
+    scales = [o for o in options if o != "delayed"]
+    if len(scales) > 1 or (scales and scales[0] not in ARM_SCALES):
+        raise ValueError(f"unknown arm options in {arm!r}; use +step, +episode and/or +delayed (e.g. llm-mca+episode)")
+    return critic, scales[0] if scales else "", "delayed" if delayed else "true"
+
+
 def run_one(args: argparse.Namespace, env_id: str, arm: str, seed: int) -> Path:
-    critic, _, option = arm.partition("+")  # "llm-mca+episode": credits rescaled to the return
+    critic, option, team_reward = parse_arm(arm)  # "llm-mca+episode": credits rescaled to the return
     episodes = args.llm_episodes if critic.startswith("llm-") else args.episodes
     eval_every = min(args.eval_every, episodes)  # a short LLM run still gets curve points
     config = OnlineConfig(
-        env_id, critic=critic, seed=seed, credit_scale=ARM_SCALES[option], episodes=episodes,
+        env_id, critic=critic, seed=seed, credit_scale=ARM_SCALES[option], episodes=episodes, team_reward=team_reward,
         critic_every=args.critic_every, eval_every=eval_every,
         eval_episodes=args.eval_episodes, checkpoint_every=eval_every * 4, device=args.device,
         critic_options=CriticOptions(llm=LLMConfig(
             base_url=args.base_url, model=args.model, episodes_per_prompt=args.episodes_per_prompt,
+            team_reward=team_reward if critic.startswith("llm-") else "true",
         )),
     )  # fmt: skip
     run = args.out / env_id / arm / f"seed{seed}"
@@ -91,6 +107,43 @@ def summarise(runs: list[Path]) -> dict[str, Any]:
         "s_per_1k_episodes": 1000 * wall / episodes if episodes else 0.0,
         "critic_s_per_1k_episodes": 1000 * critic_s / episodes if episodes else 0.0,
     }
+
+
+def final_scores(args: argparse.Namespace, seeds: range) -> list[dict[str, Any]]:
+    """Every run's final policy evaluated on ``--final-episodes`` greedy episodes (``eval.json`` in the
+    run, reused when it has that many); one row per run in the credit experiment's format."""
+    from llmca_data.baselines.evaluate import EvalConfig, evaluate_run
+
+    rows = []
+    for env_id in args.envs:
+        for arm in args.critics:
+            critic, option, team_reward = parse_arm(arm)
+            name = critic + (f"+{option}" if option else "")  # the setting column says delayed
+            for seed in seeds:
+                run = args.out / env_id / arm / f"seed{seed}"
+                try:
+                    result = json.loads((run / "eval.json").read_text())
+                except (OSError, ValueError):
+                    result = {}
+                if result.get("episodes") != args.final_episodes:
+                    result = evaluate_run(run, EvalConfig(episodes=args.final_episodes))
+                keep = ("normalized_score", "mean_return", "mean_cost", "frozen_episodes")
+                cells = {k: result.get(k) for k in keep}
+                rows.append({"env_id": env_id, "tier": "online", "setting": team_reward, "arm": name, "seed": seed,
+                             **cells})  # fmt: skip
+    return rows
+
+
+def write_credit_json(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    from llmca_data import __version__
+    from llmca_data.leaderboard.credit import CREDIT_FORMAT, CREDIT_VERSION, credit_markdown, credit_stats
+
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    body = {"format": CREDIT_FORMAT, "version": CREDIT_VERSION, "kind": "online", "package_version": __version__,
+            "baselines": {"team": "team", "env": "env"}, "config": config, "rows": rows}  # fmt: skip
+    args.credit_json.parent.mkdir(parents=True, exist_ok=True)
+    args.credit_json.write_text(json.dumps(body, indent=1) + "\n")
+    print(credit_markdown(credit_stats(body), body))
 
 
 def agreement(runs: list[Path], critic: str, references: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -138,6 +191,8 @@ def main() -> None:
     parser.add_argument("--base-url", default="")
     parser.add_argument("--model", default="")
     parser.add_argument("--out", type=Path, default=Path("benchmark-online"))
+    parser.add_argument("--final-episodes", type=int, default=0, help="evaluate each final policy on K episodes")
+    parser.add_argument("--credit-json", type=Path, default=None, help="write final scores in the credit format")
     parser.add_argument(
         "--agreement", nargs="*", default=None, metavar="REFERENCE",
         help="also score the LLM arms' credits against these reference critics (default: shapley counterfactual)",
@@ -146,8 +201,10 @@ def main() -> None:
     if args.llm_episodes % args.critic_every or args.episodes % args.critic_every:
         parser.error("--episodes and --llm-episodes must be multiples of --critic-every")
     for arm in args.critics:  # checked before any run starts, not hours into the grid
-        if arm.partition("+")[2] not in ARM_SCALES:
-            parser.error(f"unknown arm option in {arm!r}; use +step or +episode (e.g. llm-mca+episode)")
+        try:
+            parse_arm(arm)
+        except ValueError as exc:
+            parser.error(str(exc))
     results: dict[str, dict[str, Any]] = {}
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     all_runs: list[Path] = []
@@ -184,6 +241,10 @@ def main() -> None:
                     shown = ["—" if v is None else f"{v:.3f}" for v in cells]
                     print(f"{env_id:<22} {arm:<14} {pair:<28} {sc['rewarded_steps']:>8} {shown[0]:>6} {shown[1]:>6} "
                           f"{shown[2]:>8} {shown[3]:>7} {shown[4]:>11}")  # fmt: skip
+    if args.final_episodes:
+        final = final_scores(args, seeds)
+        if args.credit_json is not None:
+            write_credit_json(args, final)
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) for k, v in vars(args).items()}
     body = {"args": settings, "results": results, "agreement": agreements}

@@ -6,7 +6,10 @@ directory or Hub repo. Output: frames and tensors. Imports the core and ``annota
 
 from llmca_data.loaders.arrays import (
     CREDIT_SCALES,
+    TEAM_REWARDS,
     CreditScale,
+    TeamReward,
+    delay_to_episode_end,
     normalize_credits,
     rescale_credits,
     sample_batch,
@@ -16,8 +19,11 @@ from llmca_data.loaders.offline import OfflineDataset
 
 __all__ = [
     "CREDIT_SCALES",
+    "TEAM_REWARDS",
     "CreditScale",
     "OfflineDataset",
+    "TeamReward",
+    "delay_to_episode_end",
     "normalize_credits",
     "rescale_credits",
     "sample_batch",

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 CreditScale = Literal["none", "step", "episode"]
 """How per-agent credits are put on the team reward's scale (``rescale_credits``)."""
 CREDIT_SCALES: tuple[CreditScale, ...] = get_args(CreditScale)
+TeamReward = Literal["true", "delayed"]
+"""What the learner sees of the team reward: ``true`` (every step's) or ``delayed`` (each episode's
+return at its last step, 0 elsewhere; ``delay_to_episode_end``)."""
+TEAM_REWARDS: tuple[TeamReward, ...] = get_args(TeamReward)
 
 _NORMALIZE_EPS = 1e-6
 """Credits summing to less than this (in absolute value) are not rescaled but replaced by an even
@@ -90,6 +94,34 @@ def scale_per_episode(credits: np.ndarray, team: np.ndarray, episode: np.ndarray
     even = ret / np.maximum(cells, 1)  # [E] R / (T·N)
     out = np.where(ok[group, None], credits * scale[group, None], even[group, None])  # [M, N]
     return out.astype(np.float32)
+
+
+def delay_to_episode_end(rewards: np.ndarray, episode: np.ndarray) -> np.ndarray:
+    """Each episode's column sums of ``rewards`` ``[M, K]`` at its last row, 0 on its other rows.
+
+    ``episode`` ``[M]`` numbers the rows' episodes, each one contiguous run (``[0, 0, 1, 1, 1, ...]``).
+    The team reward ``[M, 1]`` gives the delayed team reward; the env's per-agent reward ``[M, N]``
+    each agent's episode total at the end: structural credit without temporal credit.
+    """
+    out = np.zeros_like(rewards)  # [M, K]
+    if rewards.shape[0]:
+        last = np.flatnonzero(np.append(episode[1:] != episode[:-1], True))  # [E] last row of each episode
+        out[last] = np.add.reduceat(rewards.astype(np.float64), np.append(0, last[:-1] + 1), axis=0)
+    return out
+
+
+def check_team_reward(mode: str) -> TeamReward:
+    """``mode`` if it is a ``TeamReward``.
+
+    Raises:
+        ConfigError: naming the allowed values.
+    """
+    if mode not in TEAM_REWARDS:
+        raise ConfigError(
+            f"unknown team_reward {mode!r}; choose true (every step's team reward) or delayed (each episode's "
+            "return at its last step)"
+        )
+    return mode  # type: ignore[return-value]
 
 
 def check_credit_scale(mode: str) -> CreditScale:

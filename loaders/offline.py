@@ -65,7 +65,7 @@ from llmca_data.layout import is_repo_id
 from llmca_data.schema import TASK, credit_column, critic_column_kind, task_column
 from llmca_data.shards import read_shard, regular_file
 
-from .arrays import ShardRef, check_credit_scale, read_columns, rescale_credits
+from .arrays import ShardRef, check_credit_scale, check_team_reward, delay_to_episode_end, read_columns, rescale_credits
 
 if TYPE_CHECKING:
     import torch
@@ -225,7 +225,12 @@ class OfflineDataset:
         return scan if lazy else scan.collect()
 
     def transitions(
-        self, reward: str = "team", device: str = "cpu", credit_scale: str = "none", tasks: str | None = None
+        self,
+        reward: str = "team",
+        device: str = "cpu",
+        credit_scale: str = "none",
+        tasks: str | None = None,
+        team_reward: str = "true",
     ) -> dict[str, torch.Tensor]:
         """All selected steps as transition tensors (rows in shard order: tier, then episode, then t).
 
@@ -244,6 +249,10 @@ class OfflineDataset:
                 ``reward_team``. See ``llmca_data.loaders.arrays.rescale_credits``.
             tasks: a task critic (``llm-taca`` or its column ``task_llm_taca``) whose assignments
                 to add as ``task``/``next_task`` [M, N] int64 (−1 where the critic assigned none).
+            team_reward: ``true``, or ``delayed``: the team reward as one sum at each episode's
+                last step (``team`` gives every agent that; ``env`` each agent's episode total
+                there). Credits must then come from a critic that saw only that reward (an id
+                ending in ``-delayed``: ``shapley-delayed``, ``llm-mca-shares-delayed``, ...).
 
         Returns:
             ``obs``/``next_obs`` [M, N, obs_dim] f32, ``action`` [M, N] i64, ``reward`` [M, N] f32,
@@ -252,10 +261,12 @@ class OfflineDataset:
             ``t`` [M] i64. The ``next_*`` of an episode's last step are its ``final_*`` columns.
 
         Raises:
-            ConfigError: an unknown ``credit_scale`` (before any data is read).
+            ConfigError: an unknown ``credit_scale`` or ``team_reward`` (before any data is read).
+            LoaderError: ``team_reward="delayed"`` with credits of a critic that saw every step's reward.
         """
         th = require("torch")
-        return {k: th.from_numpy(v).to(device) for k, v in self._arrays(reward, credit_scale, tasks).items()}
+        arrays = self._arrays(reward, credit_scale, tasks, team_reward)
+        return {k: th.from_numpy(v).to(device) for k, v in arrays.items()}
 
     def sequences(
         self,
@@ -264,6 +275,7 @@ class OfflineDataset:
         device: str = "cpu",
         credit_scale: str = "none",
         tasks: str | None = None,
+        team_reward: str = "true",
     ) -> dict[str, torch.Tensor]:
         """Episodes cut into chunks of ``length`` steps, padded to ``[B, T=length, ...]``.
 
@@ -273,7 +285,7 @@ class OfflineDataset:
         if length < 1:
             raise LoaderError(f"sequence length must be >= 1, got {length}")
         th = require("torch")
-        tr = self.transitions(reward, device, credit_scale, tasks)
+        tr = self.transitions(reward, device, credit_scale, tasks, team_reward)
         ep = tr["episode_id"]  # [M]
         m = ep.shape[0]
         is_start = th.ones(m, dtype=th.bool, device=device)
@@ -296,20 +308,22 @@ class OfflineDataset:
         out["mask"] = mask
         return out
 
-    def to_d3rlpy(self, agent: int, reward: str = "team", credit_scale: str = "none") -> MDPDataset:
+    def to_d3rlpy(
+        self, agent: int, reward: str = "team", credit_scale: str = "none", team_reward: str = "true"
+    ) -> MDPDataset:
         """One agent's view as a d3rlpy ``MDPDataset`` (independent learners).
 
         ``terminals`` = ``terminated`` and ``timeouts`` = ``truncated``. d3rlpy's limits: it has no
         next observation for a timed-out episode's last step, so that transition is dropped (an
         episode of L steps gives L - 1 transitions, a terminated one L); it knows no action masks
         (``action_mask`` is not passed: restrict actions yourself) and no other agents.
-        ``credit_scale`` as in ``transitions`` (applied to whole episodes before the drop).
+        ``credit_scale`` and ``team_reward`` as in ``transitions`` (applied to whole episodes before the drop).
         """
         if not 0 <= agent < self.spec.n_agents:
             raise LoaderError(f"agent {agent} out of range: {self.env_id} has agents 0..{self.spec.n_agents - 1}")
         with contextlib.redirect_stderr(io.StringIO()):  # legacy gym prints a notice on import
             d3rlpy = require("d3rlpy")
-        arr = self._arrays(reward, credit_scale)
+        arr = self._arrays(reward, credit_scale, team_reward=team_reward)
         terminals, timeouts = arr["terminated"], arr["truncated"]
         if np.any(terminals & timeouts):
             raise ShardError(f"{self.root}: steps both terminated and truncated; run `llmca validate`")
@@ -346,11 +360,20 @@ class OfflineDataset:
             )
         return name
 
-    def _arrays(self, reward: str, credit_scale: str, tasks: str | None = None) -> dict[str, np.ndarray]:
+    def _arrays(
+        self, reward: str, credit_scale: str, tasks: str | None = None, team_reward: str = "true"
+    ) -> dict[str, np.ndarray]:
         """The numpy arrays behind ``transitions`` (see there)."""
         check_credit_scale(credit_scale)
+        delayed = check_team_reward(team_reward) == "delayed"
         n, d, a, s = self.spec.n_agents, self.spec.obs_dim, self.spec.n_actions, self.spec.state_dim
         column = self._reward_column(reward)
+        if delayed and column.startswith("credit_") and not column.endswith("_delayed"):
+            raise LoaderError(
+                f"{column} was computed from every step's team reward, so it does not belong to the delayed "
+                f"setting: train on team, env or a critic that saw the delayed reward (annotate with "
+                f"shapley-delayed or counterfactual-delayed, or an LLM critic with --team-reward delayed)"
+            )
         task_column = None if tasks is None else self._task_column(tasks)
         layout: dict[str, tuple[tuple[int, ...], type]] = {
             "episode_id": ((), np.int64),
@@ -391,6 +414,10 @@ class OfflineDataset:
         team = cols.pop("reward_team")  # [M]
         rew = np.repeat(team[:, None], n, axis=1) if column == "reward_team" else cols.pop(column)  # [M, N]
         episode: np.ndarray = np.cumsum(ends) - ends  # [M] index of each step's episode (contiguous runs, tiers apart)
+        if delayed:
+            team = delay_to_episode_end(team[:, None], episode)[:, 0]  # [M]
+            if not column.startswith("credit_"):  # team, env: sums at the end; delayed critics saw this already
+                rew = delay_to_episode_end(rew, episode)  # [M, N]
         cols["reward"] = rescale_credits(rew, team, episode, credit_scale)  # [M, N]
         if task_column is not None:
             cols["task"] = task = cols.pop(task_column)  # [M, N]

@@ -104,22 +104,36 @@ def render_cmd(
     critic_results: Path = typer.Option(
         None, "--critic-results", help="Folder of `llmca critic-bench` results JSONs: also write critics.md."
     ),
+    credit_results: Path = typer.Option(
+        None,
+        "--credit-results",
+        help="Results JSON of the credit experiment (benchmarks/offline_credit.py, benchmarks/online.py "
+        "--credit-json): also write credit.md.",
+    ),
 ) -> None:
     """Aggregate verified results (IQM, 95% stratified-bootstrap CIs, P(improvement)) into tables and plots.
 
     With --critic-results DIR, also render the critic leaderboard (critics.md: one row per critic
-    and setting of the critic benchmark) into the same --out folder.
+    and setting of the critic benchmark) into the same --out folder. With --credit-results FILE,
+    the credit experiment's table (credit.md: per env, tier and team-reward setting, each arm's IQM
+    and its probability of improvement over the team reward and over the env's own split).
     """
-    if results_dir is None and critic_results is None:
-        raise typer.BadParameter("give RESULTS_DIR, --critic-results DIR, or both")
+    if results_dir is None and critic_results is None and credit_results is None:
+        raise typer.BadParameter("give RESULTS_DIR, --critic-results DIR, --credit-results FILE, or some of them")
     if critic_results is not None:
         from llmca_data.leaderboard.critics import render_critics
 
         console.print(f"critic leaderboard → {render_critics(critic_results, out)}")
+    from llmca_data.leaderboard.statistics import StatsConfig
+
+    if credit_results is not None:
+        from llmca_data.leaderboard.credit import render_credit
+
+        path = render_credit(credit_results, out, StatsConfig(reps=reps, seed=seed))
+        console.print(f"credit experiment table → {path}")
     if results_dir is None:
         return
     from llmca_data.leaderboard.render import render
-    from llmca_data.leaderboard.statistics import StatsConfig
 
     result = render(results_dir, out, StatsConfig(reps=reps, seed=seed, baseline=baseline))
     for task in result.tasks:

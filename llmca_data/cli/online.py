@@ -53,6 +53,12 @@ def train_online_cmd(
     normalize_credits: bool = typer.Option(
         False, "--normalize-credits", help="Deprecated alias of --credit-scale step."
     ),
+    team_reward: str = typer.Option(
+        "true",
+        "--team-reward",
+        help="true | delayed: delayed shows the learner (and an LLM critic) each episode's return at its last "
+        "step only; take --critic team, env, shapley-delayed, counterfactual-delayed or an LLM critic.",
+    ),
     config: Path = typer.Option(None, "--config", help="JSON file of OnlineConfig fields to override (e.g. lr)."),
 ) -> None:
     """Online independent Double DQN where each agent learns from its own critic credit.
@@ -77,11 +83,12 @@ def train_online_cmd(
         credit_scale = "step"
 
     llm = {"base_url": base_url, "model": model, "response_format": response_format,
-           "episodes_per_prompt": episodes_per_prompt, "max_window": max_window}  # fmt: skip
+           "episodes_per_prompt": episodes_per_prompt, "max_window": max_window,
+           "team_reward": team_reward if critic.startswith("llm-") else "true"}  # fmt: skip
     settings = {
         "env_id": env_id, "critic": critic, "episodes": episodes, "seed": seed, "critic_every": critic_every,
         "eval_every": eval_every, "eval_episodes": eval_episodes, "checkpoint_every": checkpoint_every,
-        "device": device, "credit_scale": credit_scale,
+        "device": device, "credit_scale": credit_scale, "team_reward": team_reward,
         "critic_options": {"horizon": horizon, "llm": llm},
     }  # fmt: skip
     overrides = upgrade_settings(load_settings(config), str(config))  # an old file's normalize_credits
