@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from llmca_data.config import bounded
-from llmca_data.loaders.arrays import check_team_reward
+from llmca_data.loaders.arrays import TeamReward, check_team_reward
 
 from .networks import AgentNet, GreedyPolicy, net_tensors, soft_update
 from .policy import save_run
@@ -61,7 +61,7 @@ class QConfig(TrainConfig):
     """Update the target net every this many gradient steps (with ``tau``)."""
     reward_scale: float = bounded(1.0, low=0.0, open_low=True)
     """Every reward is multiplied by this before training (Q-values are in scaled units)."""
-    team_reward: str = "true"
+    team_reward: TeamReward = "true"
     """What the learner sees of the team reward: ``true`` (every step's) or ``delayed`` (each
     episode's return at its last step; ``env`` and ``team`` rewards are moved there too, and
     credits must come from a critic that saw only that, e.g. ``shapley-delayed``)."""

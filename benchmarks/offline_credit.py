@@ -40,7 +40,8 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from llmca_data import __version__
+from importlib.metadata import version
+
 from llmca_data.annotation.annotate import annotate
 from llmca_data.annotation.llm.config import LLMConfig
 from llmca_data.annotation.registry import CriticOptions, make_critic
@@ -122,7 +123,7 @@ def run_seed(args: argparse.Namespace, dataset: Path, env_id: str, seed: int) ->
 
 def write(args: argparse.Namespace, rows: list[dict[str, Any]], budget: dict[str, Any]) -> Path:
     body = {
-        "format": CREDIT_FORMAT, "version": CREDIT_VERSION, "kind": "offline", "package_version": __version__,
+        "format": CREDIT_FORMAT, "version": CREDIT_VERSION, "kind": "offline", "package_version": version("llmca-data"),
         "protocol": PROTOCOL_VERSION, "baselines": BASELINES, "budget": budget,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "rows": rows,
     }  # fmt: skip

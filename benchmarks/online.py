@@ -135,12 +135,14 @@ def final_scores(args: argparse.Namespace, seeds: range) -> list[dict[str, Any]]
 
 
 def write_credit_json(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
-    from llmca_data import __version__
+    from importlib.metadata import version
+
     from llmca_data.leaderboard.credit import CREDIT_FORMAT, CREDIT_VERSION, credit_markdown, credit_stats
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    body = {"format": CREDIT_FORMAT, "version": CREDIT_VERSION, "kind": "online", "package_version": __version__,
-            "baselines": {"team": "team", "env": "env"}, "config": config, "rows": rows}  # fmt: skip
+    body = {"format": CREDIT_FORMAT, "version": CREDIT_VERSION, "kind": "online",
+            "package_version": version("llmca-data"), "baselines": {"team": "team", "env": "env"},
+            "config": config, "rows": rows}  # fmt: skip
     args.credit_json.parent.mkdir(parents=True, exist_ok=True)
     args.credit_json.write_text(json.dumps(body, indent=1) + "\n")
     print(credit_markdown(credit_stats(body), body))

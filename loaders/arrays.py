@@ -121,7 +121,7 @@ def check_team_reward(mode: str) -> TeamReward:
             f"unknown team_reward {mode!r}; choose true (every step's team reward) or delayed (each episode's "
             "return at its last step)"
         )
-    return mode  # type: ignore[return-value]
+    return mode
 
 
 def check_credit_scale(mode: str) -> CreditScale:

@@ -45,7 +45,7 @@ def show_batch_status(transport_mode: str) -> None:
 
 
 CRITIC_IDS = (
-    "uniform | shapley | counterfactual | counterfactual-hN | env | "
+    "uniform | shapley | counterfactual | counterfactual-hN | env | shapley-delayed | counterfactual-delayed | "
     "llm-mca-shares | llm-taca-shares | llm-mca-temporal | llm-mca | llm-taca"
 )
 """The built-in critic ids, as the commands' ``--critic`` help lists them."""

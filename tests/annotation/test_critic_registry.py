@@ -20,6 +20,7 @@ from llmca_data.annotation.registry import (
     CriticEntry,
     CriticOptions,
     check_critic,
+    check_import_id,
     critic_ids,
     make_critic,
     register_critic,
@@ -100,6 +101,16 @@ def test_horizon_is_an_option_and_the_h_id_a_name() -> None:
     )
     with pytest.raises(ConfigError, match="horizon"):
         make_critic("counterfactual-h5", CriticOptions(horizon=3))
+
+
+def test_the_delayed_reference_critics_are_registered_ids_of_their_own() -> None:
+    assert {"shapley-delayed", "counterfactual-delayed"} <= set(critic_ids("reference"))
+    assert make_critic("shapley-delayed").critic_id == check_critic("shapley-delayed") == "shapley-delayed"
+    assert make_critic("counterfactual-delayed", CriticOptions(gamma=0.5)).params()["gamma"] == 1.0  # undiscounted
+    with pytest.raises(ConfigError, match="runs to the episode's end; drop horizon=5"):
+        make_critic("counterfactual-delayed", CriticOptions(horizon=5))
+    with pytest.raises(ConfigError, match="belongs to a registered critic"):
+        check_import_id("shapley-delayed")
 
 
 def test_bad_options_and_ids_are_config_errors() -> None:

@@ -140,3 +140,30 @@ def test_an_episode_the_env_does_not_reproduce_fails_with_nan() -> None:
 def test_unknown_critic_names_the_valid_ones() -> None:
     with pytest.raises(UnknownCriticError, match="uniform, shapley, counterfactual"):
         make_critic("shapely")
+
+
+@pytest.mark.parametrize("env_id", ["lbf-8x8-2p-2f", "spaceworld-10x10-3a"])
+def test_delayed_reference_critics_measure_the_episode_return(env_id: str) -> None:
+    """``counterfactual-delayed`` is the counterfactual over the rest of the episode, undiscounted;
+    ``shapley-delayed``'s credits at t sum to the return from t minus that of all agents idling at t."""
+    from llmca_data.annotation.counterfactual import CounterfactualCritic
+
+    env = make_env(env_id)
+    episode = next(e for k in range(20) if (e := run_episode(env, tier_policy(env_id, "medium", tier_rng(k)), k,
+                                                              "medium")).return_team > 0)  # fmt: skip
+    cf = make_critic("counterfactual-delayed").annotate(episode, env)
+    full = CounterfactualCritic(horizon=episode.length, gamma=1.0).annotate(episode, env)
+    np.testing.assert_allclose(cf.credits, full.credits, atol=1e-6)
+    assert cf.credits[:-1].any(), "steps before the end get credit for the return they led to"
+    shap = make_critic("shapley-delayed").annotate(episode, env)
+    branch, noop = Brancher(episode, env), env.spec.noop_action
+    to_go = discounted_window_returns(episode.reward_team, episode.length, 1.0)  # [T]
+    for t in range(0, episode.length, 7):
+        idle = branch.team_return(t, np.full(episode.action.shape[1], noop), episode.length - t)
+        assert shap.credits[t].sum() == pytest.approx(to_go[t] - idle, abs=1e-5)
+    last = episode.length - 1  # at the last step the return to go is that step's reward: one-step values
+    one_step = make_critic("shapley").annotate(episode, env).credits[last]
+    np.testing.assert_allclose(shap.credits[last] - shap.credits[last].mean(), one_step - one_step.mean(), atol=1e-6)
+    assert make_critic("counterfactual-delayed").params()["horizon"] == "episode end"
+    with pytest.raises(ValueError, match="drop horizon"):
+        CounterfactualCritic(horizon=3, delayed=True)

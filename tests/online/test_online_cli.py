@@ -39,6 +39,11 @@ def test_train_online_command_writes_an_evaluable_run(tmp_path: Path) -> None:
     help_text = CliRunner().invoke(app, ["train-online", "--help"]).output
     assert "--critic-every" in help_text and "llm-taca" in help_text
     assert "--credit-scale" in help_text and "none | step | episode" in help_text
+    assert "--team-reward" in help_text and "true | delayed" in help_text
+    delayed = CliRunner().invoke(app, [*args[:3], "shapley", *args[4:-1], str(tmp_path / "d"), "--team-reward",
+                                       "delayed"])  # fmt: skip
+    assert delayed.exit_code != 0 and "use team, env, shapley-delayed" in str(delayed.exception)
+    assert not (tmp_path / "d").exists()
     assert json.loads((run / "config.json").read_text())["credit_scale"] == "none"
 
     changed = CliRunner().invoke(app, [*args, "--credit-scale", "episode"])  # another reward: refused, run kept

@@ -195,6 +195,48 @@ def test_rewards_from_each_credit_scale() -> None:
         rewards_from(episode, None, "per-episode")
 
 
+def test_rewards_from_under_a_delayed_team_reward() -> None:
+    episode = scripted_episode()
+    ret = float(episode.reward_team.sum())  # 4 × MATCH_REWARD, earned at t = 0 and 2
+    team, _, _ = rewards_from(episode, None, team_reward="delayed")
+    np.testing.assert_allclose(team, [[0, 0], [0, 0], [0, 0], [ret, ret]])
+    env, _, _ = rewards_from(episode, CriticOutput(episode.reward_env.copy()), team_reward="delayed")
+    np.testing.assert_allclose(env[:3], 0)
+    np.testing.assert_allclose(env[3], episode.reward_env.sum(axis=0))  # each agent's total, at the end
+    credits = np.array([[1.0, 0.0], [2.0, 1.0], [0.0, 1.0], [0.5, 0.5]], np.float32)
+    kept, _, _ = rewards_from(episode, CriticOutput(credits), "none", "delayed", critic_delayed=True)
+    np.testing.assert_array_equal(kept, credits)  # a critic that saw the delayed reward: its credits as given
+    scaled, _, _ = rewards_from(episode, CriticOutput(credits), "episode", "delayed", critic_delayed=True)
+    assert scaled.sum() == pytest.approx(ret, abs=1e-6) and (scaled[:3] != 0).any()
+    failed, _, fell_back = rewards_from(episode, CriticOutput.failed(4, 2, "bad"), team_reward="delayed")
+    np.testing.assert_array_equal(failed, team)
+    assert fell_back
+    with pytest.raises(ConfigError, match="choose true"):
+        rewards_from(episode, None, team_reward="late")
+
+
+def test_a_delayed_run_learns_from_the_delayed_reward_and_only_matching_critics(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="use team, env, shapley-delayed, counterfactual-delayed"):
+        OnlineConfig("match-2a", critic="shapley", team_reward="delayed")
+    with pytest.raises(ConfigError, match="team_reward"):
+        OnlineConfig("match-2a", team_reward="late")  # type: ignore[arg-type]
+    for critic in ("env", "counterfactual-delayed"):
+        OnlineConfig("match-2a", critic=critic, team_reward="delayed")
+    settings = {"episodes": 6, "critic_every": 3, "eval_every": 3, "checkpoint_every": 6, **SMALL,
+                "learning_starts": 4, "updates_per_step": 0.5}  # fmt: skip
+    runs = {}
+    for name, team_reward in (("true", "true"), ("delayed", "delayed")):
+        train_online(OnlineConfig("match-2a", team_reward=team_reward, **settings), tmp_path / name,
+                     env_factory=MatchEnv)  # fmt: skip
+        runs[name] = [r["loss"] for r in curve(tmp_path / name)]
+    assert runs["true"] != runs["delayed"], "the same episodes with the reward moved to the end train otherwise"
+    assert load_config(tmp_path / "delayed")["team_reward"] == "delayed"
+    critic = make_critic("shapley-delayed")
+    config = OnlineConfig("match-2a", critic="shapley-delayed", team_reward="delayed", **settings)
+    result = train_online(config, tmp_path / "shapley", critic=critic, env_factory=MatchEnv)
+    assert result.episodes == 6 and result.fallback_episodes == 0 and result.critic_calls == 2
+
+
 def test_online_config_credit_scale_is_checked_and_reads_the_old_key() -> None:
     assert OnlineConfig("match-2a").credit_scale == "none"
     with pytest.raises(ConfigError, match="none, step, episode"):
