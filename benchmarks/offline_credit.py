@@ -32,7 +32,6 @@ Usage: ``python benchmarks/offline_credit.py [--envs lbf-8x8-2p-2f spaceworld-10
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -40,7 +39,6 @@ from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from importlib.metadata import version
 
 from llmca_data.annotation.annotate import annotate
 from llmca_data.annotation.llm.config import LLMConfig
@@ -48,7 +46,7 @@ from llmca_data.annotation.registry import CriticOptions, make_critic
 from llmca_data.baselines.evaluate import PROTOCOL_VERSION
 from llmca_data.baselines.experiment import Arm, GridConfig, run_grid
 from llmca_data.collect import CollectConfig, collect
-from llmca_data.leaderboard.credit import CREDIT_FORMAT, CREDIT_VERSION, credit_markdown, credit_stats
+from llmca_data.leaderboard.credit import credit_markdown, credit_stats, write_credit_results
 from llmca_data.leaderboard.statistics import StatsConfig
 from llmca_data.loaders import OfflineDataset
 
@@ -121,17 +119,10 @@ def run_seed(args: argparse.Namespace, dataset: Path, env_id: str, seed: int) ->
     return rows + bc, sum(1 for r in rows if r["algo"] != "bc" or r["act"] == "greedy")
 
 
-def write(args: argparse.Namespace, rows: list[dict[str, Any]], budget: dict[str, Any]) -> Path:
-    body = {
-        "format": CREDIT_FORMAT, "version": CREDIT_VERSION, "kind": "offline", "package_version": version("llmca-data"),
-        "protocol": PROTOCOL_VERSION, "baselines": BASELINES, "budget": budget,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "rows": rows,
-    }  # fmt: skip
-    path = args.out / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(body, indent=1) + "\n")
-    tmp.replace(path)
-    return path
+def write(args: argparse.Namespace, rows: list[dict[str, Any]], budget: dict[str, Any]) -> dict[str, Any]:
+    config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    return write_credit_results(args.out / "results.json", "offline", BASELINES, rows, protocol=PROTOCOL_VERSION,
+                                budget=budget, config=config)  # fmt: skip
 
 
 def main() -> None:
@@ -180,10 +171,10 @@ def main() -> None:
             print(f"pilot: {trained} runs in {per_seed:.0f} s ({budget['s_per_run']} s per run on one core); "
                   f"{seeds} seeds → about {budget['projected_h']} h of wall clock", flush=True)  # fmt: skip
     budget["wall_s"] = round(time.perf_counter() - started)
-    path = write(args, rows, budget)
-    results = json.loads(path.read_text())
-    print(credit_markdown(credit_stats(results, StatsConfig(reps=args.reps)), results, StatsConfig(reps=args.reps)))
-    print(f"{len(rows)} rows in {budget['wall_s']} s → {path}")
+    results = write(args, rows, budget)
+    stats = StatsConfig(reps=args.reps)
+    print(credit_markdown(credit_stats(results, stats), results, stats))
+    print(f"{len(rows)} rows in {budget['wall_s']} s → {args.out / 'results.json'}")
 
 
 if __name__ == "__main__":

@@ -135,16 +135,10 @@ def final_scores(args: argparse.Namespace, seeds: range) -> list[dict[str, Any]]
 
 
 def write_credit_json(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
-    from importlib.metadata import version
-
-    from llmca_data.leaderboard.credit import CREDIT_FORMAT, CREDIT_VERSION, credit_markdown, credit_stats
+    from llmca_data.leaderboard.credit import credit_markdown, credit_stats, write_credit_results
 
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    body = {"format": CREDIT_FORMAT, "version": CREDIT_VERSION, "kind": "online",
-            "package_version": version("llmca-data"), "baselines": {"team": "team", "env": "env"},
-            "config": config, "rows": rows}  # fmt: skip
-    args.credit_json.parent.mkdir(parents=True, exist_ok=True)
-    args.credit_json.write_text(json.dumps(body, indent=1) + "\n")
+    body = write_credit_results(args.credit_json, "online", {"team": "team", "env": "env"}, rows, config=config)
     print(credit_markdown(credit_stats(body), body))
 
 

@@ -26,9 +26,10 @@ from typing import Any
 import numpy as np
 
 from llmca_data.errors import LlmcaError
+from llmca_data.shards import write_json_atomic, write_text_atomic
 
 from .escape import md_escape
-from .statistics import StatsConfig, _pair, interval_estimates, iqm_and_mean
+from .statistics import StatsConfig, _pair, improvement, interval_estimates, iqm_and_mean
 
 CREDIT_FILE = "credit.md"
 CREDIT_FORMAT = "llmca-credit-experiment"
@@ -113,8 +114,6 @@ def _refuse_constant(name: str) -> None:
 def credit_stats(results: dict[str, Any], config: StatsConfig | None = None) -> list[CreditTask]:
     """Per env × tier × setting (in first-seen order), every arm's aggregates and its probability of
     improvement over the ``team`` and ``env`` arms of that setting."""
-    from rliable import metrics
-
     config = config or StatsConfig()
     groups: dict[tuple[str, str, str], dict[str, list[dict[str, Any]]]] = {}
     for row in results["rows"]:
@@ -131,8 +130,7 @@ def credit_stats(results: dict[str, Any], config: StatsConfig | None = None) -> 
                 if ref == arm or ref not in scores:
                     vs[role] = None
                     continue
-                p, p_ci = interval_estimates([x, scores[ref]], metrics.probability_of_improvement, config)
-                vs[role] = (float(p), _pair(p_ci))
+                vs[role] = improvement(x, scores[ref], config)
             flat = x[:, 0]
             entries.append(CreditEntry(
                 arm, [float(v) for v in flat], float(flat.mean()), float(flat.std(ddof=1)) if flat.size > 1 else 0.0,
@@ -181,10 +179,22 @@ def _fmt(value: float | None, digits: int) -> str:
 def render_credit(path: Path, out: Path, config: StatsConfig | None = None) -> Path:
     """Write ``out/credit.md`` from the credit results file ``path``; returns its path."""
     results = read_credit_results(path)
-    text = credit_markdown(credit_stats(results, config), results, config)
-    out.mkdir(parents=True, exist_ok=True)
     target = out / CREDIT_FILE
-    tmp = target.with_suffix(".md.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(target)
+    write_text_atomic(target, credit_markdown(credit_stats(results, config), results, config))
     return target
+
+
+def write_credit_results(
+    path: Path, kind: str, baselines: dict[str, str], rows: list[dict[str, Any]], **facts: Any
+) -> dict[str, Any]:
+    """Write a results file that ``read_credit_results`` accepts (atomically) and return its body.
+
+    ``kind``: ``offline`` or ``online``; ``baselines``: the ``team`` and ``env`` arms' names; ``facts``:
+    provenance (config, budget, protocol) stored beside the rows. The package version is added.
+    """
+    from importlib.metadata import version
+
+    body = {"format": CREDIT_FORMAT, "version": CREDIT_VERSION, "kind": kind,
+            "package_version": version("llmca-data"), "baselines": baselines, **facts, "rows": rows}  # fmt: skip
+    write_json_atomic(path, body)
+    return body

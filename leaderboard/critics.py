@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 from llmca_data.annotation.bench import ALL, RESULTS_FORMAT, RESULTS_VERSION, SETTINGS
 from llmca_data.annotation.bench_set import BENCH_VERSION
 from llmca_data.errors import LlmcaError
+from llmca_data.shards import write_text_atomic
 
 from .escape import md_escape
 
@@ -244,8 +244,5 @@ def render_critics(folder: Path, out: Path) -> Path:
     """
     text = critic_markdown(load_critic_results(folder))
     path = Path(out) / CRITICS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
     return path

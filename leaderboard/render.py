@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 
 from llmca_data.baselines.evaluate import PROTOCOL_VERSION
 from llmca_data.extras import require
+from llmca_data.shards import write_text_atomic
 
 from .escape import md_escape
 from .statistics import EntryStats, StatsConfig, TaskStats, aggregate, load_results, stats_to_json
@@ -159,12 +159,6 @@ def html_page(tasks: list[TaskStats], config: StatsConfig) -> str:
     return "\n".join(parts) + "\n"
 
 
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def render(results_dir: Path, out: Path, config: StatsConfig | None = None) -> RenderResult:
     """Aggregate every submission under ``results_dir`` and write the leaderboard into ``out``.
 
@@ -177,7 +171,7 @@ def render(results_dir: Path, out: Path, config: StatsConfig | None = None) -> R
     plots_dir = out / PLOTS_DIR
     plots_dir.mkdir(parents=True, exist_ok=True)
     plots = [p for task in tasks for p in plot_task(task, plots_dir)]
-    _write(out / STATS_FILE, json.dumps(stats_to_json(tasks, cfg), indent=2) + "\n")
-    _write(out / MARKDOWN_FILE, markdown(tasks, cfg) + "\n")
-    _write(out / HTML_FILE, html_page(tasks, cfg))
+    write_text_atomic(out / STATS_FILE, json.dumps(stats_to_json(tasks, cfg), indent=2) + "\n")
+    write_text_atomic(out / MARKDOWN_FILE, markdown(tasks, cfg) + "\n")
+    write_text_atomic(out / HTML_FILE, html_page(tasks, cfg))
     return RenderResult(out / MARKDOWN_FILE, out / HTML_FILE, out / STATS_FILE, plots, tasks)

@@ -126,6 +126,15 @@ def interval_estimates(
     return np.asarray(points["x"]), np.asarray(intervals["x"])
 
 
+def improvement(x: np.ndarray, base: np.ndarray, config: StatsConfig) -> tuple[float, tuple[float, float]]:
+    """Probability that a run of ``x`` scores above a run of ``base`` (``[runs, tasks]`` each), with
+    its interval (``rliable.metrics.probability_of_improvement``, stratified bootstrap)."""
+    from rliable import metrics
+
+    p, p_ci = interval_estimates([x, base], metrics.probability_of_improvement, config)
+    return float(p), _pair(p_ci)
+
+
 def load_results(results_dir: Path) -> list[dict[str, Any]]:
     """Every ``<submission>/results.json`` under ``results_dir``, sorted by submission name.
 
@@ -177,7 +186,7 @@ def task_stats(
     ``info``: name → ``{"team", "algorithm", "act", "flags", "protocol", "diverged"}`` (the last three:
     (env, tier) → value).
     """
-    from rliable import library, metrics
+    from rliable import library
 
     baselines = sorted((n for n in scores if info[n]["algorithm"].lower() == config.baseline.lower()),
                        key=lambda n: (info[n]["act"] != "greedy", n))  # fmt: skip
@@ -188,8 +197,7 @@ def task_stats(
         poi: float | None = None
         poi_ci: tuple[float, float] | None = None
         if base is not None and name != baselines[0]:
-            p, p_ci = interval_estimates([x, base], metrics.probability_of_improvement, config)
-            poi, poi_ci = float(p), _pair(p_ci)
+            poi, poi_ci = improvement(x, base, config)
         flat = x[:, 0]
         std = float(np.std(flat, ddof=1)) if flat.size > 1 else 0.0
         mine, key = info[name], (env_id, tier)

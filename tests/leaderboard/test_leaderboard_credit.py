@@ -17,6 +17,7 @@ from llmca_data.leaderboard.credit import (
     credit_markdown,
     credit_stats,
     read_credit_results,
+    write_credit_results,
 )
 from llmca_data.leaderboard.statistics import StatsConfig
 
@@ -80,6 +81,15 @@ def test_non_json_numbers_and_garbage_are_refused(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\x00 not json")
     with pytest.raises(CreditResultsError, match="not a readable JSON file"):
         read_credit_results(path)
+
+
+def test_the_writer_of_the_experiments_writes_what_the_reader_accepts(tmp_path: Path) -> None:
+    body = results()
+    path = tmp_path / "out" / "results.json"
+    written = write_credit_results(path, "offline", body["baselines"], body["rows"], budget={"seeds": 5})
+    read = read_credit_results(path)
+    assert read == written and read["kind"] == "offline" and read["budget"] == {"seeds": 5}
+    assert read["package_version"] and not list(path.parent.glob(".*.tmp*"))
 
 
 def test_render_writes_credit_md_and_keeps_nothing_half_written(tmp_path: Path) -> None:
